@@ -1,0 +1,1 @@
+"""Stage CLIs: parse arguments, validate params, call one library function, log to MLflow."""

@@ -1,0 +1,29 @@
+"""What every stage CLI shares: the standard arguments and turning input errors into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+
+
+def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m components.{stage}", description=doc)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_stage(stage: str, main: Callable[[], None]) -> int:
+    """Run ``main``; bad input (a PipelineError) prints one clear line and exits 2."""
+    logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
+    try:
+        main()
+    except PipelineError as e:
+        print(f"{stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Networks: the StyleGAN2 teacher (and, later, the students)."""

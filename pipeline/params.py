@@ -1,0 +1,209 @@
+"""The typed schema of ``params.yaml``, validated before any heavy work.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key, a
+wrong type or an impossible value fails with a message naming the key path
+(``fetch_teacher.random.resolution``) and what was expected.
+
+Profiles (``profiles/*.yaml``) are partial overrides of the default
+``params.yaml``; ``python -m pipeline.params overrides PROFILE`` prints them as
+``-S key=value`` arguments for ``dvc exp run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ParamsError
+
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomTeacher(Section):
+    """Architecture of the offline ``random:`` teacher (deterministic for a seed)."""
+
+    resolution: Annotated[int, Field(ge=8, le=4096)] = 64
+    channel_multiplier: Annotated[int, Field(ge=1, le=8)] = 2
+    channel_max: Annotated[int, Field(ge=1, le=4096)] = 512
+    style_dim: Annotated[int, Field(ge=1)] = 512
+    n_mlp: Annotated[int, Field(ge=1, le=16)] = 8
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two (8, 16, ..., 4096), got {v}")
+        return v
+
+
+class Download(Section):
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 4
+    backoff_s: Annotated[float, Field(ge=0)] = 2.0
+
+
+class SampleGrid(Section):
+    """Teacher images from fixed seeds, written as a grid for a quick visual check."""
+
+    count: Annotated[int, Field(ge=1, le=256)] = 16
+    seed: Annotated[int, Field(ge=0)] = 0
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
+    nrow: Annotated[int, Field(ge=1)] = 4
+
+
+class FetchTeacher(Section):
+    source: str = Field(
+        "random:",
+        description="random:, https://..., s3://bucket/key, a local path, or models:/name/version",
+    )
+    sha256: str | None = Field(None, description="64 hex chars; verified before use")
+    format: Literal["auto", "project", "rosinality", "nvidia"] = "auto"
+    random: RandomTeacher = RandomTeacher()
+    download: Download = Download()
+    samples: SampleGrid = SampleGrid()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256.match(v):
+            raise ValueError(f"must be 64 hexadecimal characters or null, got {v!r}")
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _pin_needs_bytes(self) -> FetchTeacher:
+        if self.is_random and self.sha256:
+            raise ValueError("sha256 pins a downloaded file; the random: source has none")
+        return self
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == "random:" or self.source == "random"
+
+
+class Params(Section):
+    """All of params.yaml. Later stages add their sections here."""
+
+    profile: str = Field("offline", description="name of the profile, logged as a tag")
+    seed: Annotated[int, Field(ge=0)] = 0
+    fetch_teacher: FetchTeacher = FetchTeacher()
+
+
+def _format_error(e: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid parameters:"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, origin: str = "params") -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ParamsError(_format_error(e, origin)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(data or {}, str(path))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (what MLflow params and ``dvc exp run -S`` take)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def profile_overrides(profile: str | Path, base: str | Path = "params.yaml") -> dict[str, Any]:
+    """The flat key=value overrides a profile applies, validated against the base params."""
+    path = Path(profile)
+    if not path.exists() and not path.suffix:
+        path = Path("profiles") / f"{profile}.yaml"
+    try:
+        override = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such profile (see profiles/*.yaml)") from None
+    base_data = yaml.safe_load(Path(base).read_text()) or {}
+    parse_params(deep_merge(base_data, override), f"{base} + {path}")
+    return flatten(override)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.params", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    check = sub.add_parser("check", help="validate a params file")
+    check.add_argument("path", nargs="?", default="params.yaml")
+    ov = sub.add_parser("overrides", help="print a profile as dvc exp run -S arguments")
+    ov.add_argument("profile", help="profiles/NAME.yaml or NAME")
+    ov.add_argument("--base", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "check":
+            print(json.dumps(load_params(args.path).model_dump(), indent=2))
+        else:
+            flat = profile_overrides(args.profile, args.base)
+            print(" ".join(f"-S {shlex.quote(f'{k}={_yaml_scalar(v)}')}" for k, v in flat.items()))
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

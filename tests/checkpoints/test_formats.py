@@ -1,0 +1,122 @@
+"""Project (safetensors) and rosinality (.pt) checkpoints: round trips and bad input."""
+
+import argparse
+import io
+import os
+import pickle
+
+import pytest
+import torch
+
+from pipeline.checkpoints import detect_format, load_teacher, save_teacher
+from pipeline.checkpoints.rosinality import save_rosinality
+from pipeline.errors import CheckpointError
+
+
+def same_images(a, b, style_dim):
+    z = torch.randn(3, style_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(a(z, noise_mode="const").image, b(z, noise_mode="const").image)
+
+
+def test_project_format_round_trips_weights_and_architecture(tmp_path, tiny_teacher):
+    path = tmp_path / "t.safetensors"
+    save_teacher(tiny_teacher, path, {"source": "random:"})
+    loaded = load_teacher(path)
+    assert loaded.format == "project" and detect_format(path) == "project"
+    assert loaded.generator.cfg == tiny_teacher.cfg
+    assert same_images(loaded.generator, tiny_teacher, tiny_teacher.cfg.style_dim)
+
+
+def test_rosinality_checkpoint_loads_with_inferred_architecture(tmp_path, tiny_teacher):
+    path = tmp_path / "550000.pt"
+    save_rosinality(tiny_teacher, path)
+    ckpt = torch.load(path, weights_only=True)
+    # Key names exactly as rosinality/stylegan2-pytorch writes them.
+    assert {"style.1.weight", "input.input", "conv1.conv.modulation.bias", "conv1.noise.weight",
+            "conv1.activate.bias", "to_rgb1.bias", "convs.0.conv.blur.kernel",
+            "to_rgbs.0.upsample.kernel", "noises.noise_0"} <= set(ckpt["g_ema"])
+    loaded = load_teacher(path)
+    assert loaded.format == "rosinality"
+    assert loaded.generator.cfg == tiny_teacher.cfg
+    assert same_images(loaded.generator, tiny_teacher, tiny_teacher.cfg.style_dim)
+
+
+def test_rosinality_training_checkpoint_with_args_namespace_loads(tmp_path, tiny_teacher):
+    state = {k: v for k, v in tiny_teacher.state_dict().items() if k != "w_avg"}
+    path = tmp_path / "train.pt"
+    torch.save({"g": state, "d": {}, "g_ema": state, "args": argparse.Namespace(size=32)}, path)
+    loaded = load_teacher(path)
+    assert "estimated" in loaded.notes["w_avg"]  # no latent_avg in training checkpoints
+    assert torch.allclose(loaded.generator.w_avg, tiny_teacher.w_avg, atol=0.3)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_pt_file_with_code_in_its_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"g_ema": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_teacher(path)
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_missing_and_misshapen_keys_are_named(tmp_path, tiny_teacher):
+    state = {k: v for k, v in tiny_teacher.state_dict().items() if k != "w_avg"}
+    del state["convs.1.noise.weight"]
+    torch.save({"g_ema": state}, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys convs\.1\.noise\.weight"):
+        load_teacher(tmp_path / "missing.pt")
+
+    state = {k: v for k, v in tiny_teacher.state_dict().items() if k != "w_avg"}
+    state["convs.1.conv.modulation.bias"] = torch.zeros(7)
+    torch.save({"g_ema": state}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"convs\.1\.conv\.modulation\.bias has shape \[7\]"):
+        load_teacher(tmp_path / "shape.pt")
+
+    torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no 'g_ema'"):
+        load_teacher(tmp_path / "other.pt")
+
+
+def test_unknown_truncated_and_explicitly_wrong_formats_fail_clearly(tmp_path, tiny_teacher):
+    (tmp_path / "x.bin").write_bytes(b"GIF89a not a checkpoint")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        load_teacher(tmp_path / "x.bin")
+
+    save_rosinality(tiny_teacher, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_teacher(tmp_path / "cut.pt")
+
+    save_teacher(tiny_teacher, tmp_path / "t.safetensors")
+    cut = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(cut[:-100])
+    with pytest.raises(CheckpointError):
+        load_teacher(tmp_path / "cut.safetensors")
+
+    with pytest.raises(CheckpointError, match="unknown checkpoint format 'onnx'"):
+        load_teacher(tmp_path / "ok.pt", format="onnx")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_teacher(tmp_path / "absent.pt")
+
+
+def test_safetensors_without_teacher_header_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="without a StyleGAN2 teacher header"):
+        load_teacher(tmp_path / "plain.safetensors")
+
+
+def test_nan_weights_are_rejected(tmp_path, tiny_teacher):
+    state = {k: v.clone() for k, v in tiny_teacher.state_dict().items() if k != "w_avg"}
+    state["style.1.weight"][0, 0] = float("nan")
+    torch.save({"g_ema": state}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_teacher(tmp_path / "nan.pt")

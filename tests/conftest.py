@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny teachers, an isolated MLflow store, a scratch copy of the repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_BIN = str(Path(sys.executable).parent)
+
+# A teacher small enough for every test: 32x32, 32 channels, 2 mapping layers.
+TINY = dict(resolution=32, channel_multiplier=1, channel_max=32, style_dim=32, n_mlp=2)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_cfg() -> StyleGAN2Config:
+    return StyleGAN2Config.config_f(**TINY)
+
+
+@pytest.fixture
+def tiny_teacher(tiny_cfg):
+    return random_generator(tiny_cfg, seed=1)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A real MLflow tracking store (SQLite + local artifacts) private to the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("STYLEGAN_MOBILE_RUN_GROUP", raising=False)
+    return uri
+
+
+def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
+    """params.yaml content for a few-second pipeline run."""
+    fetch = {
+        "source": source,
+        "random": {**{k: v for k, v in TINY.items()}, "seed": 0},
+        "download": {"timeout_s": 10, "retries": 1, "backoff_s": 0.01},
+        "samples": {"count": 4, "seed": 0, "truncation_psi": 0.7, "nrow": 2},
+        **fetch_overrides,
+    }
+    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch}
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the repository's files (tracked and not ignored) into ``dest`` as a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env)
+    return dest
+
+
+def env_with_venv(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{ENV_BIN}:{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1", **extra}
