@@ -16,7 +16,8 @@ import torch
 
 from . import __version__
 from .checkpoints import load_teacher, save_teacher
-from .fetch import fetch, redact_uri
+from .errors import CheckpointError
+from .fetch import evict, fetch, redact_uri
 from .images import save_grid, teacher_samples
 from .io import atomic_dir, sha256_file, write_json
 from .models.stylegan2 import Generator, StyleGAN2Config, random_generator
@@ -55,7 +56,11 @@ def obtain_teacher(cfg: FetchTeacher, cache_dir: str | Path, progress: bool = Tr
         cfg.source, sha256=cfg.sha256, cache_dir=cache_dir, timeout_s=cfg.download.timeout_s,
         retries=cfg.download.retries, backoff_s=cfg.download.backoff_s, progress=progress,
     )
-    loaded = load_teacher(fetched.path, cfg.format)
+    try:
+        loaded = load_teacher(fetched.path, cfg.format)
+    except CheckpointError:
+        evict(fetched, cache_dir)  # no cache entry for bytes that are not a usable teacher
+        raise
     return loaded.generator, {
         "source": fetched.source, "format": loaded.format, "random_weights": False,
         "source_sha256": fetched.sha256, "source_bytes": fetched.size,

@@ -1,0 +1,133 @@
+"""Pieces shared by every fetch backend: the result type, URI redaction, retries, streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from tqdm import tqdm
+
+from pipeline.errors import FetchError
+
+log = logging.getLogger("pipeline.fetch")
+
+CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A verified checkpoint file and where it came from."""
+
+    path: Path  # in the cache for remote sources, the file itself for local paths
+    sha256: str  # hex
+    size: int  # bytes
+    source: str  # redacted source URI (safe to log)
+    scheme: str  # "https" | "http" | "s3" | "file" | "models"
+    from_cache: bool  # True when no transfer happened because the cache already had it
+
+
+def redact_uri(uri: str) -> str:
+    """Remove userinfo (user:password@) and the whole query string/fragment (presigned
+    S3 URLs carry signatures there) so the result is safe to print and log."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # malformed (e.g. a bad IPv6 host): cut the same pieces by hand
+        head, sep, rest = uri.partition("://")
+        rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+        host, slash, path = rest.partition("/")
+        return f"{head}{sep}{host.rpartition('@')[2]}{slash}{path}"
+    if not parts.scheme:  # a plain local path: nothing secret in it
+        return uri
+    # Rebuilt by hand: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path.
+    if uri[len(parts.scheme) + 1:].startswith("//"):
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"{parts.scheme}:{parts.path}"
+
+
+def scrub(text: str, uri: str) -> str:
+    """Blank out the secret parts of ``uri`` wherever they appear in ``text``.
+
+    Used on messages of third-party exceptions, which may quote the URL they were given.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    userinfo = parts.netloc.rpartition("@")[0]
+    secrets = {s for s in (userinfo, parts.password, parts.query, parts.fragment) if s}
+    secrets |= {unquote(s) for s in secrets}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+class Transient(Exception):
+    """A failure worth retrying; its message is already safe to show."""
+
+
+def with_retries(attempt: Callable[[], T], *, source: str, retries: int, backoff_s: float) -> T:
+    """Run ``attempt`` until it stops raising Transient, sleeping ``backoff_s * 2**n`` between
+    tries; after ``retries`` retries raise FetchError with the last problem."""
+    retries = max(0, retries)
+    for n in range(retries + 1):
+        try:
+            return attempt()
+        except Transient as e:
+            problem = str(e)
+            if n == retries:
+                break
+            delay = backoff_s * 2**n
+            log.warning("%s: %s; retrying in %.2fs (attempt %d of %d)",
+                        source, problem, delay, n + 2, retries + 1)
+            time.sleep(delay)
+    raise FetchError(
+        f"{source}: {problem} (gave up after {retries + 1} attempts). "
+        "Check that the host is reachable and serving the file, then run again."
+    )
+
+
+def stream_to_file(chunks: Iterable[bytes], dest: Path, *, total: int | None, desc: str,
+                   progress: bool) -> tuple[str, int]:
+    """Write ``chunks`` to ``dest`` (truncating it), hashing on the way; return (sha256, size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as f, tqdm(total=total, desc=desc, unit="B", unit_scale=True,
+                                      unit_divisor=1024, file=sys.stderr, disable=not progress,
+                                      leave=False) as bar:
+        for chunk in chunks:
+            f.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
+
+
+def os_reason(exc: BaseException) -> str | None:
+    """The innermost OS-level reason (e.g. "Connection refused") in an exception chain.
+
+    requests/urllib3 exceptions quote the full URL (query string included) in their own
+    messages, so we report the underlying socket error instead.
+    """
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        if isinstance(e, TimeoutError):
+            return "timed out"
+        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        stack += [m for m in more if isinstance(m, BaseException)]
+    return None

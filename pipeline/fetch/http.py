@@ -1,0 +1,70 @@
+"""HTTP(S) downloads with requests: streamed, hashed on the fly, retried on transient failures."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import requests
+
+from pipeline.errors import FetchError
+from pipeline.fetch.common import CHUNK, Transient, os_reason, scrub, stream_to_file, with_retries
+
+# Statuses that will not change by asking again: fail at once with a hint.
+_PERMANENT_HINTS = {
+    401: "the server wants credentials: put them in the URL (user:password@) or use a "
+         "presigned URL",
+    403: "access denied: check the credentials, or that a presigned URL has not expired",
+    404: "check the URL",
+    410: "the file was removed from the server; find its new location",
+}
+
+
+def _transient_status(code: int) -> bool:
+    return code in (408, 425, 429) or code >= 500
+
+
+def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries: int,
+             backoff_s: float, progress: bool) -> tuple[Path, str, int]:
+    """Download ``url`` to a file in ``workdir``; return (file, sha256, size).
+
+    ``source`` is the redacted URL, the only form that goes into messages.
+    """
+    dest = workdir / "download"
+    desc = PurePosixPath(urlsplit(source).path).name or source
+
+    def attempt() -> tuple[str, int]:
+        try:
+            # identity encoding: the bytes on the wire are the file, so Content-Length counts them
+            with session.get(url, stream=True, timeout=(timeout_s, timeout_s),
+                             headers={"Accept-Encoding": "identity"}) as resp:
+                status = f"HTTP {resp.status_code} {resp.reason or ''}".rstrip()
+                if _transient_status(resp.status_code):
+                    raise Transient(status)
+                if resp.status_code >= 300:
+                    hint = _PERMANENT_HINTS.get(resp.status_code, "check the URL")
+                    raise FetchError(f"{source}: {status}; {hint}.")
+                length = resp.headers.get("Content-Length", "")
+                total = int(length) if length.isdigit() else None
+                digest, size = stream_to_file(resp.iter_content(CHUNK), dest, total=total,
+                                              desc=desc, progress=progress)
+                received = resp.raw.tell()  # bytes off the wire, before any decoding
+        except requests.exceptions.Timeout:
+            raise Transient(f"timed out after {timeout_s:g}s") from None
+        except requests.exceptions.ChunkedEncodingError:
+            raise Transient("connection closed before the whole body arrived") from None
+        except requests.exceptions.ConnectionError as e:
+            reason = scrub(os_reason(e) or "unknown reason", url)
+            raise Transient(f"connection failed ({reason})") from None
+        except requests.exceptions.RequestException as e:  # invalid URL, redirect loop, ...
+            raise FetchError(
+                f"{source}: request failed ({type(e).__name__}); check the URL."
+            ) from None
+        # urllib3 2 already raises on a short body (caught above); urllib3 1.x does not.
+        if total is not None and received != total:
+            raise Transient(f"truncated body: got {received} of {total} bytes")
+        return digest, size
+
+    with requests.Session() as session:
+        digest, size = with_retries(attempt, source=source, retries=retries, backoff_s=backoff_s)
+    return dest, digest, size

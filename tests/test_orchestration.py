@@ -1,0 +1,90 @@
+"""The pipeline as users run it: `dvc repro` in a copy of the repo, `airflow dags test`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import ENV_BIN, copy_repo, env_with_venv, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A scratch copy of the repository with the tiny offline params."""
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return repo
+
+
+def run(cmd: list[str], cwd, env, timeout=600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_dvc_repro_runs_fetch_teacher_and_a_second_repro_is_a_no_op(repo, tmp_path):
+    env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        STYLEGAN_MOBILE_RUN_GROUP="test-group")
+    run([f"{ENV_BIN}/dvc", "repro"], repo, env)
+    metrics = json.loads((repo / "metrics/fetch_teacher.json").read_text())
+    assert metrics["resolution"] == 32 and metrics["params"] > 0
+    assert (repo / "artifacts/teacher/teacher.safetensors").exists()
+    assert "fetch_teacher" in (repo / "dvc.lock").read_text()
+
+    start = time.perf_counter()
+    again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
+    assert "didn't change, skipping" in again.stdout + again.stderr
+    assert time.perf_counter() - start < 30
+
+    shown = json.loads(run([f"{ENV_BIN}/dvc", "metrics", "show", "--json"], repo, env).stdout)
+    assert shown["workspace"]["data"]["metrics/fetch_teacher.json"]["data"] == metrics
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
+    roles = sorted(r.data.tags["role"] for r in runs)
+    assert roles == ["pipeline", "stage"]  # the no-op repro started no run
+    stage = next(r for r in runs if r.data.tags["role"] == "stage")
+    parent = next(r for r in runs if r.data.tags["role"] == "pipeline")
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert stage.data.tags["git_commit"] and parent.data.tags["run_group"] == "test-group"
+
+
+def test_changing_a_fetch_param_reruns_the_stage(repo, tmp_path):
+    env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run([f"{ENV_BIN}/dvc", "repro"], repo, env)
+    first = (repo / "artifacts/teacher/metadata.json").read_text()
+    run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "fetch_teacher.random.seed=7"], repo, env)
+    second = json.loads((repo / "artifacts/teacher/metadata.json").read_text())
+    assert second["random_seed"] == 7 and json.loads(first)["random_seed"] == 0
+
+
+def test_airflow_dags_test_runs_the_nightly_dag_end_to_end(repo, tmp_path):
+    home = tmp_path / "airflow"
+    env = env_with_venv(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        STYLEGAN_MOBILE_REPO=str(repo),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    run([f"{ENV_BIN}/airflow", "db", "migrate"], repo, env)
+    result = run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22"],
+                 repo, env)
+    out = result.stdout + result.stderr
+    assert "fetch_teacher" in out
+    assert (repo / "metrics/fetch_teacher.json").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
+    stage = next(r for r in runs if r.data.tags["role"] == "stage")
+    assert stage.data.tags["airflow_dag_id"] == "stylegan_mobile_nightly"
+    parent = next(r for r in runs if r.data.tags["role"] == "pipeline")
+    assert parent.data.tags["run_group"].startswith("airflow-")
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
