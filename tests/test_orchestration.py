@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import mlflow
 import pytest
@@ -38,13 +37,12 @@ def test_dvc_repro_runs_fetch_teacher_and_a_second_repro_is_a_no_op(repo, tmp_pa
     assert (repo / "artifacts/teacher/teacher.safetensors").exists()
     assert "fetch_teacher" in (repo / "dvc.lock").read_text()
 
-    start = time.perf_counter()
     again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     assert "didn't change, skipping" in again.stdout + again.stderr
-    assert time.perf_counter() - start < 30
 
     shown = json.loads(run([f"{ENV_BIN}/dvc", "metrics", "show", "--json"], repo, env).stdout)
-    assert shown["workspace"]["data"]["metrics/fetch_teacher.json"]["data"] == metrics
+    (workspace,) = shown.values()  # keyed by revision; the workspace's key is ""
+    assert workspace["data"]["metrics/fetch_teacher.json"]["data"] == metrics
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
