@@ -42,10 +42,10 @@ import math
 import pickle
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -129,18 +129,28 @@ class DisallowedGlobal(pickle.UnpicklingError):
         self.name = name
 
 
+class UnsafeStorage(pickle.UnpicklingError):
+    """A tensor storage's embedded torch.save holds more than tensor data."""
+
+
 def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
     """Stand-in for ``torch_utils.persistence._reconstruct_persistent_obj``: never execs."""
     if not isinstance(meta, dict):
-        raise pickle.UnpicklingError(f"persistent object meta is a {type(meta).__name__}, not a dict")
+        raise pickle.UnpicklingError(
+            f"persistent object meta is a {type(meta).__name__}, not a dict"
+        )
     if meta.get("type") != "class":
-        raise pickle.UnpicklingError(f"persistent object of type {meta.get('type')!r}, expected 'class'")
+        raise pickle.UnpicklingError(
+            f"persistent object of type {meta.get('type')!r}, expected 'class'"
+        )
     class_name, state, src = meta.get("class_name"), meta.get("state"), meta.get("module_src", "")
     if not isinstance(class_name, str) or not isinstance(state, dict):
         raise pickle.UnpicklingError("persistent object without a class name and a state dict")
     version = meta.get("version")
     return PersistentObject(
-        class_name, dict(state), src if isinstance(src, str) else "",
+        class_name,
+        dict(state),
+        src if isinstance(src, str) else "",
         version if isinstance(version, int) else -1,
     )
 
@@ -152,15 +162,26 @@ def _load_from_bytes(data: Any) -> Any:
         raise pickle.UnpicklingError(f"storage payload is a {type(data).__name__}, not bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage deprecation
-        storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        try:
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            raise UnsafeStorage(
+                f"it imports {found.group(1)}" if found else str(e).strip()[:200]
+            ) from None
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"storage payload holds a {type(storage).__name__}")
     return storage
 
 
 def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-    backward_hooks: Any = None, metadata: Any = None,
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
 ) -> torch.Tensor:
     """Stand-in for ``torch._utils._rebuild_tensor_v2``: a view of a loaded storage, bounds
     checked (``Tensor.set_`` does not check); hooks and metadata are ignored."""
@@ -186,8 +207,9 @@ def _rebuild_tensor_v2(
     return torch.empty((0,), dtype=dtype).set_(untyped, storage_offset, size, stride)
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
-                       state: Any = None) -> torch.Tensor:
+def _rebuild_parameter(
+    data: Any, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None
+) -> torch.Tensor:
     """Stand-in for ``torch._utils._rebuild_parameter(_with_state)``: the plain tensor."""
     if not isinstance(data, torch.Tensor):
         raise pickle.UnpicklingError(f"parameter data is a {type(data).__name__}, not a tensor")
@@ -265,6 +287,12 @@ def read_network_pickle(path: str | Path) -> Any:
             f"pickle never needs; nothing from the file was executed (allowed: tensors, plain "
             f"containers, numpy scalars and torch_utils.persistence records)"
         ) from None
+    except UnsafeStorage as e:
+        raise CheckpointError(
+            f"{path}: refusing to load: a tensor storage in the pickle holds more than tensor "
+            f"data ({e}; torch's weights-only loader refused it); nothing from the file was "
+            f"executed"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file ({e})") from None
     except RecursionError:
@@ -316,14 +344,14 @@ def convert_generator(
             f"{where}: G_ema ({g.class_name}) has no mapping/synthesis networks "
             f"(children: {list(g.modules)}); expected a StyleGAN generator"
         )
-    c_dim = attrs.get("c_dim", 0) or 0
-    if c_dim or mapping.child("embed") is not None:
+    c_dim = attrs.get("c_dim", 0)
+    if (c_dim is not None and _number(c_dim) != 0) or mapping.child("embed") is not None:
         raise CheckpointError(
             f"{where}: conditional generator (c_dim={c_dim}, label embedding in the mapping) "
             f"is not supported; expected an unconditional StyleGAN2 (c_dim=0)"
         )
     img_channels = attrs.get("img_channels", synthesis.state.get("img_channels", 3))
-    if img_channels != 3:
+    if _number(img_channels) != 3:
         raise CheckpointError(
             f"{where}: generator outputs {img_channels} image channels; expected 3 (RGB)"
         )
@@ -336,9 +364,10 @@ def convert_generator(
         )
     blocks = _blocks(synthesis, where)
     w_dim, z_dim = attrs.get("w_dim"), attrs.get("z_dim")
-    if z_dim is not None and w_dim is not None and z_dim != w_dim:
+    if None not in (_number(z_dim), _number(w_dim)) and _number(z_dim) != _number(w_dim):
         raise CheckpointError(
-            f"{where}: z_dim={z_dim} differs from w_dim={w_dim}; this generator needs z_dim == w_dim"
+            f"{where}: z_dim={z_dim} differs from w_dim={w_dim}; "
+            f"this generator needs z_dim == w_dim"
         )
 
     nv = _flatten(mapping, "mapping.", where)
@@ -354,7 +383,9 @@ def convert_generator(
     _check_shapes(state, origin, cfg, where)
     notes = {
         "class": f"{_source_module(g.module_src)}.{g.class_name}",
-        "module_src_sha256": hashlib.sha256(g.module_src.encode()).hexdigest(),
+        "module_src_sha256": hashlib.sha256(
+            g.module_src.encode("utf-8", "surrogatepass")
+        ).hexdigest(),
         "conv_clamp": str(cfg_extra["conv_clamp"]),
         "lr_mlp": str(cfg_extra["lr_mlp"]),
     }
@@ -374,7 +405,8 @@ def _blocks(synthesis: PersistentObject, where: str) -> dict[int, PersistentObje
         m = _BLOCK.fullmatch(name)
         if m is None or not isinstance(block, PersistentObject):
             raise CheckpointError(
-                f"{where}: unexpected synthesis layer {name!r}; expected StyleGAN2 blocks b4, b8, ..."
+                f"{where}: unexpected synthesis layer {name!r}; "
+                f"expected StyleGAN2 blocks b4, b8, ..."
             )
         res = int(m.group(1))
         arch = block.state.get("architecture", "skip")
@@ -392,7 +424,8 @@ def _blocks(synthesis: PersistentObject, where: str) -> dict[int, PersistentObje
     expected = [2**i for i in range(2, 2 + len(blocks))]
     if sorted(blocks) != expected:
         raise CheckpointError(
-            f"{where}: synthesis blocks {sorted(blocks)}; expected consecutive resolutions {expected}"
+            f"{where}: synthesis blocks {sorted(blocks)}; "
+            f"expected consecutive resolutions {expected}"
         )
     return blocks
 
@@ -437,8 +470,11 @@ def _same(shape: _Shape) -> _Shape:
 
 
 def _convert_key(
-    key: str, t: torch.Tensor, out: dict[str, torch.Tensor],
-    origin: dict[str, tuple[str, Callable[[_Shape], _Shape]]], where: str,
+    key: str,
+    t: torch.Tensor,
+    out: dict[str, torch.Tensor],
+    origin: dict[str, tuple[str, Callable[[_Shape], _Shape]]],
+    where: str,
 ) -> None:
     """Store NVIDIA tensor ``key`` under our name; ``origin`` remembers the NVIDIA key and how
     to turn our expected shape back into NVIDIA's (for error messages)."""
@@ -568,6 +604,11 @@ def _conv_clamp(blocks: dict[int, PersistentObject], where: str) -> float | None
             layer = block.child(name)
             if layer is not None and "conv_clamp" in layer.state:
                 v = layer.state["conv_clamp"]
+                if v is not None and _number(v) is None:
+                    raise CheckpointError(
+                        f"{where}: G_ema.synthesis.b{res}.{name}.conv_clamp is {v!r}, "
+                        f"expected a number or None"
+                    )
                 clamps[f"b{res}.{name}"] = None if v is None else _number(v)
     values = set(clamps.values())
     if len(values) > 1:
@@ -582,8 +623,10 @@ def _conv_clamp(blocks: dict[int, PersistentObject], where: str) -> float | None
 
 
 def _check_shapes(
-    state: dict[str, torch.Tensor], origin: dict[str, tuple[str, Callable[[_Shape], _Shape]]],
-    cfg: StyleGAN2Config, where: str,
+    state: dict[str, torch.Tensor],
+    origin: dict[str, tuple[str, Callable[[_Shape], _Shape]]],
+    cfg: StyleGAN2Config,
+    where: str,
 ) -> None:
     """Every tensor's shape against the inferred architecture, reported with NVIDIA's key."""
     with torch.device("meta"):
@@ -634,7 +677,7 @@ _EASYDICT = _Global("dnnlib.util", "EasyDict")
 class _NetworkPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch is extensible
     """Writes PersistentObject and EasyDict exactly as NVIDIA's classes pickle themselves."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def save_global_ref(self, obj: _Global) -> None:
         if id(obj) in self.memo:
@@ -650,8 +693,13 @@ class _NetworkPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch
 
     def save_persistent(self, obj: PersistentObject) -> None:
         # persistent_class.__reduce__: (_reconstruct_persistent_obj, (meta,), None)
-        meta = dict(type="class", version=obj.version, module_src=obj.module_src,
-                    class_name=obj.class_name, state=obj.state)
+        meta = {
+            "type": "class",
+            "version": obj.version,
+            "module_src": obj.module_src,
+            "class_name": obj.class_name,
+            "state": obj.state,
+        }
         self.save(_RECONSTRUCT)
         self.save((meta,))
         self.write(pickle.REDUCE)
@@ -678,14 +726,28 @@ def dump_network_pickle(data: Any, path: str | Path, protocol: int = 4) -> None:
         _NetworkPickler(f, protocol=protocol).dump(data)
 
 
-def _module(class_name: str, params: dict | None = None, buffers: dict | None = None,
-            modules: dict | None = None, init_kwargs: dict | None = None,
-            **attrs: Any) -> PersistentObject:
+def _module(
+    class_name: str,
+    params: dict | None = None,
+    buffers: dict | None = None,
+    modules: dict | None = None,
+    init_kwargs: dict | None = None,
+    **attrs: Any,
+) -> PersistentObject:
     """A network module record shaped like ``torch.nn.Module.__dict__`` + NVIDIA's init args."""
-    hooks = ("_backward_pre_hooks", "_backward_hooks", "_forward_hooks",
-             "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-             "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
-             "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+    hooks = (
+        "_backward_pre_hooks",
+        "_backward_hooks",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+    )
     state: dict[str, Any] = {
         "training": False,
         "_parameters": collections.OrderedDict(
@@ -706,15 +768,25 @@ def _module(class_name: str, params: dict | None = None, buffers: dict | None = 
     return PersistentObject(class_name, state, STAND_IN_SOURCE)
 
 
-def _fc(weight: torch.Tensor, bias: torch.Tensor, lr: float, activation: str,
-        bias_init: float = 0) -> PersistentObject:
+def _fc(
+    weight: torch.Tensor, bias: torch.Tensor, lr: float, activation: str, bias_init: float = 0
+) -> PersistentObject:
     out_f, in_f = weight.shape
     return _module(
-        "FullyConnectedLayer", {"weight": weight, "bias": bias},
-        init_kwargs=dict(in_features=in_f, out_features=out_f, activation=activation,
-                         lr_multiplier=lr, bias_init=bias_init),
-        activation=activation, in_features=in_f, out_features=out_f,
-        weight_gain=np.float64(lr / np.sqrt(in_f)), bias_gain=lr,
+        "FullyConnectedLayer",
+        {"weight": weight, "bias": bias},
+        init_kwargs={
+            "in_features": in_f,
+            "out_features": out_f,
+            "activation": activation,
+            "lr_multiplier": lr,
+            "bias_init": bias_init,
+        },
+        activation=activation,
+        in_features=in_f,
+        out_features=out_f,
+        weight_gain=np.float64(lr / np.sqrt(in_f)),
+        bias_gain=lr,
     )
 
 
@@ -724,42 +796,86 @@ def nvidia_network(generator: Generator) -> PersistentObject:
     d, ch, clamp = cfg.style_dim, cfg.channels, cfg.conv_clamp
     filt = make_fir_kernel(BLUR_TAPS)
 
-    fcs = {f"fc{i}": _fc(sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"], cfg.lr_mlp,
-                         "lrelu") for i in range(cfg.n_mlp)}
+    fcs = {
+        f"fc{i}": _fc(sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"], cfg.lr_mlp, "lrelu")
+        for i in range(cfg.n_mlp)
+    }
     mapping = _module(
-        "MappingNetwork", buffers={"w_avg": sd["w_avg"]}, modules=fcs,
-        init_kwargs=dict(z_dim=d, c_dim=0, w_dim=d, num_ws=cfg.n_latent,
-                         num_layers=cfg.n_mlp, lr_multiplier=cfg.lr_mlp),
-        z_dim=d, c_dim=0, w_dim=d, num_ws=cfg.n_latent, num_layers=cfg.n_mlp, w_avg_beta=0.995,
+        "MappingNetwork",
+        buffers={"w_avg": sd["w_avg"]},
+        modules=fcs,
+        init_kwargs={
+            "z_dim": d,
+            "c_dim": 0,
+            "w_dim": d,
+            "num_ws": cfg.n_latent,
+            "num_layers": cfg.n_mlp,
+            "lr_multiplier": cfg.lr_mlp,
+        },
+        z_dim=d,
+        c_dim=0,
+        w_dim=d,
+        num_ws=cfg.n_latent,
+        num_layers=cfg.n_mlp,
+        w_avg_beta=0.995,
     )
 
     def affine(prefix: str) -> PersistentObject:
-        return _fc(sd[f"{prefix}.conv.modulation.weight"], sd[f"{prefix}.conv.modulation.bias"],
-                   1, "linear", bias_init=1)
+        return _fc(
+            sd[f"{prefix}.conv.modulation.weight"],
+            sd[f"{prefix}.conv.modulation.bias"],
+            1,
+            "linear",
+            bias_init=1,
+        )
 
     def layer(prefix: str, noise: int, res: int, up: int) -> PersistentObject:
         weight = sd[f"{prefix}.conv.weight"][0]
         return _module(
             "SynthesisLayer",
-            {"weight": weight, "noise_strength": sd[f"{prefix}.noise.weight"].reshape(()),
-             "bias": sd[f"{prefix}.activate.bias"]},
+            {
+                "weight": weight,
+                "noise_strength": sd[f"{prefix}.noise.weight"].reshape(()),
+                "bias": sd[f"{prefix}.activate.bias"],
+            },
             {"resample_filter": filt, "noise_const": sd[f"noises.noise_{noise}"][0, 0]},
             {"affine": affine(prefix)},
-            init_kwargs=dict(in_channels=weight.shape[1], out_channels=weight.shape[0], w_dim=d,
-                             resolution=res, up=up, conv_clamp=clamp),
-            in_channels=weight.shape[1], out_channels=weight.shape[0], w_dim=d,
-            resolution=res, up=up, use_noise=True, activation="lrelu", conv_clamp=clamp,
-            padding=1, act_gain=np.float64(np.sqrt(2)),
+            init_kwargs={
+                "in_channels": weight.shape[1],
+                "out_channels": weight.shape[0],
+                "w_dim": d,
+                "resolution": res,
+                "up": up,
+                "conv_clamp": clamp,
+            },
+            in_channels=weight.shape[1],
+            out_channels=weight.shape[0],
+            w_dim=d,
+            resolution=res,
+            up=up,
+            use_noise=True,
+            activation="lrelu",
+            conv_clamp=clamp,
+            padding=1,
+            act_gain=np.float64(np.sqrt(2)),
         )
 
     def torgb(prefix: str) -> PersistentObject:
         weight = sd[f"{prefix}.conv.weight"][0]
         return _module(
-            "ToRGBLayer", {"weight": weight, "bias": sd[f"{prefix}.bias"].reshape(-1)},
+            "ToRGBLayer",
+            {"weight": weight, "bias": sd[f"{prefix}.bias"].reshape(-1)},
             modules={"affine": affine(prefix)},
-            init_kwargs=dict(in_channels=weight.shape[1], out_channels=3, w_dim=d,
-                             conv_clamp=clamp),
-            conv_clamp=clamp, in_channels=weight.shape[1], out_channels=3, w_dim=d,
+            init_kwargs={
+                "in_channels": weight.shape[1],
+                "out_channels": 3,
+                "w_dim": d,
+                "conv_clamp": clamp,
+            },
+            conv_clamp=clamp,
+            in_channels=weight.shape[1],
+            out_channels=3,
+            w_dim=d,
             weight_gain=np.float64(1 / np.sqrt(weight.shape[1])),
         )
 
@@ -767,39 +883,78 @@ def nvidia_network(generator: Generator) -> PersistentObject:
     res_list = sorted(ch)
     for i, res in enumerate(res_list):
         if res == 4:
-            params, modules = {"const": sd["input.input"][0]}, {
-                "conv1": layer("conv1", 0, 4, 1), "torgb": torgb("to_rgb1")}
+            params, modules = (
+                {"const": sd["input.input"][0]},
+                {"conv1": layer("conv1", 0, 4, 1), "torgb": torgb("to_rgb1")},
+            )
         else:
             k = i - 1
-            params, modules = {}, {
-                "conv0": layer(f"convs.{2 * k}", 2 * k + 1, res, 2),
-                "conv1": layer(f"convs.{2 * k + 1}", 2 * k + 2, res, 1),
-                "torgb": torgb(f"to_rgbs.{k}")}
+            params, modules = (
+                {},
+                {
+                    "conv0": layer(f"convs.{2 * k}", 2 * k + 1, res, 2),
+                    "conv1": layer(f"convs.{2 * k + 1}", 2 * k + 2, res, 1),
+                    "torgb": torgb(f"to_rgbs.{k}"),
+                },
+            )
         in_ch = 0 if res == 4 else ch[res // 2]
         blocks[f"b{res}"] = _module(
-            "SynthesisBlock", params, {"resample_filter": filt}, modules,
-            init_kwargs=dict(in_channels=in_ch, out_channels=ch[res], w_dim=d, resolution=res,
-                             img_channels=3, is_last=res == cfg.resolution, use_fp16=False,
-                             conv_clamp=clamp),
-            in_channels=in_ch, w_dim=d, resolution=res, img_channels=3,
-            is_last=res == cfg.resolution, architecture="skip", use_fp16=False,
-            channels_last=False, num_conv=1 if res == 4 else 2, num_torgb=1,
+            "SynthesisBlock",
+            params,
+            {"resample_filter": filt},
+            modules,
+            init_kwargs={
+                "in_channels": in_ch,
+                "out_channels": ch[res],
+                "w_dim": d,
+                "resolution": res,
+                "img_channels": 3,
+                "is_last": res == cfg.resolution,
+                "use_fp16": False,
+                "conv_clamp": clamp,
+            },
+            in_channels=in_ch,
+            w_dim=d,
+            resolution=res,
+            img_channels=3,
+            is_last=res == cfg.resolution,
+            architecture="skip",
+            use_fp16=False,
+            channels_last=False,
+            num_conv=1 if res == 4 else 2,
+            num_torgb=1,
         )
     synthesis_kwargs = EasyDict(channel_max=max(ch.values()), num_fp16_res=0, conv_clamp=clamp)
     synthesis = _module(
-        "SynthesisNetwork", modules=blocks,
-        init_kwargs=dict(w_dim=d, img_resolution=cfg.resolution, img_channels=3,
-                         **synthesis_kwargs),
-        w_dim=d, img_resolution=cfg.resolution, img_resolution_log2=cfg.log_size,
-        img_channels=3, block_resolutions=res_list, num_ws=cfg.n_latent,
+        "SynthesisNetwork",
+        modules=blocks,
+        init_kwargs=dict(
+            w_dim=d, img_resolution=cfg.resolution, img_channels=3, **synthesis_kwargs
+        ),
+        w_dim=d,
+        img_resolution=cfg.resolution,
+        img_resolution_log2=cfg.log_size,
+        img_channels=3,
+        block_resolutions=res_list,
+        num_ws=cfg.n_latent,
     )
     return _module(
-        "Generator", modules={"synthesis": synthesis, "mapping": mapping},
-        init_kwargs=dict(z_dim=d, w_dim=d, c_dim=0, img_resolution=cfg.resolution,
-                         img_channels=3,
-                         mapping_kwargs=EasyDict(num_layers=cfg.n_mlp, lr_multiplier=cfg.lr_mlp),
-                         synthesis_kwargs=synthesis_kwargs),
-        z_dim=d, c_dim=0, w_dim=d, img_resolution=cfg.resolution, img_channels=3,
+        "Generator",
+        modules={"synthesis": synthesis, "mapping": mapping},
+        init_kwargs={
+            "z_dim": d,
+            "w_dim": d,
+            "c_dim": 0,
+            "img_resolution": cfg.resolution,
+            "img_channels": 3,
+            "mapping_kwargs": EasyDict(num_layers=cfg.n_mlp, lr_multiplier=cfg.lr_mlp),
+            "synthesis_kwargs": synthesis_kwargs,
+        },
+        z_dim=d,
+        c_dim=0,
+        w_dim=d,
+        img_resolution=cfg.resolution,
+        img_channels=3,
         num_ws=cfg.n_latent,
     )
 
@@ -814,8 +969,11 @@ def save_nvidia_pickle(generator: Generator, path: str | Path, protocol: int = 4
     """
     g = nvidia_network(generator)
     data = {
-        "training_set_kwargs": EasyDict(class_name="training.dataset.ImageFolderDataset",
-                                        resolution=generator.cfg.resolution, use_labels=False),
+        "training_set_kwargs": EasyDict(
+            class_name="training.dataset.ImageFolderDataset",
+            resolution=generator.cfg.resolution,
+            use_labels=False,
+        ),
         "G": g,
         "D": None,
         "G_ema": g,

@@ -71,7 +71,9 @@ def test_round_trip_gives_identical_images(teacher, tmp_path, protocol, fmt):
     assert loaded.generator.cfg == teacher.cfg
     assert loaded.generator.cfg.conv_clamp == 256.0
     assert torch.equal(_images(loaded.generator), _images(teacher))
-    assert torch.equal(_images(loaded.generator, truncation_psi=0.6), _images(teacher, truncation_psi=0.6))
+    assert torch.equal(
+        _images(loaded.generator, truncation_psi=0.6), _images(teacher, truncation_psi=0.6)
+    )
     assert loaded.notes["w_avg"] == "from checkpoint"
     assert loaded.notes["class"] == "training.networks.Generator"
     assert loaded.notes["conv_clamp"] == "256.0"
@@ -143,10 +145,17 @@ def test_real_pickle_loads_without_torch_utils_importable(teacher, tmp_path):
     code = (
         "import sys; from pipeline.checkpoints.nvidia import load_nvidia; "
         f"g, n = load_nvidia({str(tmp_path / 'g.pkl')!r}); "
-        "assert 'torch_utils' not in sys.modules and 'dnnlib' not in sys.modules; print(g.cfg.resolution)"
+        "assert 'torch_utils' not in sys.modules and 'dnnlib' not in sys.modules; "
+        "print(g.cfg.resolution)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "32"
 
@@ -171,7 +180,9 @@ def _payloads(marker: Path) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("name", ["os.system", "builtins.exec", "builtins.eval", "subprocess.Popen"])
+@pytest.mark.parametrize(
+    "name", ["os.system", "builtins.exec", "builtins.eval", "subprocess.Popen"]
+)
 def test_payload_with_disallowed_global_is_refused(teacher, tmp_path, name):
     marker = tmp_path / "pwned"
     tree = nvidia_network(teacher)
@@ -206,16 +217,24 @@ def test_payload_inside_a_tensor_storage_is_refused(tmp_path):
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:
         pickle.dump({"G_ema": _Payload(torch.storage._load_from_bytes, inner)}, f)
-    with pytest.raises(CheckpointError, match="refusing to load|not a readable network pickle"):
+    with pytest.raises(CheckpointError, match="refusing to load: a tensor storage") as err:
         load_nvidia(path)
+    assert "nothing from the file was executed" in str(err.value)
     assert not marker.exists()
 
 
 def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
     """Tensor.set_ does not bounds-check: a forged size would read foreign memory."""
     storage = torch.zeros(4)._typed_storage()  # what Tensor.__reduce_ex__ pickles
-    forged = _Payload(torch._utils._rebuild_tensor_v2, storage, 0, (1000, 1000),
-                      (1000, 1), False, collections.OrderedDict())
+    forged = _Payload(
+        torch._utils._rebuild_tensor_v2,
+        storage,
+        0,
+        (1000, 1000),
+        (1000, 1),
+        False,
+        collections.OrderedDict(),
+    )
     path = tmp_path / "forged.pkl"
     with open(path, "wb") as f:
         pickle.dump({"G_ema": forged}, f)
@@ -270,11 +289,13 @@ def test_stylegan3_generator_is_rejected(teacher, tmp_path):
     tree = nvidia_network(teacher)
     synthesis = tree.child("synthesis")
     synthesis.state["_modules"] = collections.OrderedDict(
-        input=_blank("SynthesisInput"), L0_36_32=_blank("SynthesisLayer"),
+        input=_blank("SynthesisInput"),
+        L0_36_32=_blank("SynthesisLayer"),
         L1_36_32=_blank("SynthesisLayer"),
     )
-    with pytest.raises(CheckpointError,
-                       match=r"StyleGAN3 \(alias-free\) synthesis is not a StyleGAN2 architecture"):
+    with pytest.raises(
+        CheckpointError, match=r"StyleGAN3 \(alias-free\) synthesis is not a StyleGAN2 architecture"
+    ):
         load_nvidia(_dump(tmp_path, tree))
 
 
@@ -335,7 +356,9 @@ def test_misshapen_tensor_error_names_the_key(teacher, tmp_path):
     tree = nvidia_network(teacher)
     conv0 = _child(tree, "synthesis.b8.conv0")
     conv0.state["_parameters"]["weight"] = torch.zeros(32, 16, 3, 3)  # in channels 16, not 32
-    with pytest.raises(CheckpointError, match=r"G_ema\.synthesis\.b8\.conv0\.weight has shape \[32, 16, 3, 3\]"):
+    with pytest.raises(
+        CheckpointError, match=r"G_ema\.synthesis\.b8\.conv0\.weight has shape \[32, 16, 3, 3\]"
+    ):
         load_nvidia(_dump(tmp_path, tree))
 
 
@@ -349,7 +372,9 @@ def test_wrong_rank_tensor_error_names_the_key(teacher, tmp_path):
 def test_unexpected_resample_filter_is_rejected(teacher, tmp_path):
     tree = nvidia_network(teacher)
     _child(tree, "synthesis.b16.conv0").state["_buffers"]["resample_filter"] = torch.ones(4, 4) / 16
-    with pytest.raises(CheckpointError, match=r"b16\.conv0\.resample_filter is not the \[1,3,3,1\]"):
+    with pytest.raises(
+        CheckpointError, match=r"b16\.conv0\.resample_filter is not the \[1,3,3,1\]"
+    ):
         load_nvidia(_dump(tmp_path, tree))
 
 
