@@ -1,0 +1,267 @@
+"""MobileStyleGAN student synthesis network (Belousov, 2021), with BlazeStyleGAN's
+UpToRGB heads (Jia et al., 2023) as an option. Read beside DESIGN.md section 3.
+
+    const 4x4 -> StyledConv -> head
+    per level: IDWT up-sampling (modulated input, 4C -> C at 2x) -> 2 x StyledDWConv -> head
+    head: 1x1 modulated conv to the 12-channel Haar wavelet image (or UpToRGB);
+    image = IDWT(last head)            (the other heads only train: deep supervision)
+
+Depthwise-separable modulated conv: x' = s * x, 3x3 depthwise, 1x1 pointwise, no
+non-linearity between; the composite dense kernel is w_jik = pw_ji dw_ik, so
+demodulation divides output j by sigma_j = sqrt(sum_i sum_k (s_i w_jik)^2 + eps).
+With ``demodulation="fused"`` s inside sigma is a trainable parameter, so sigma is
+constant at inference and :func:`fold_demodulation` folds it into pw.
+
+Styles and noise come from the teacher: a level whose features have resolution r
+uses the teacher's W+ entries and noise tensors of the teacher block at r (the
+student's features live at half the image resolution, so the teacher's last block,
+at R, has no counterpart: its two W+ entries and noise maps are not used).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from .stylegan2 import ConstantInput, EqualLinear, FusedLeakyReLU, NoiseInjection, resolutions
+from .wavelets import idwt
+
+Demodulation = Literal["exact", "fused", "none"]
+WAVELET_CHANNELS = 12  # Haar subbands (LL, LH, HL, HH) x RGB
+
+
+class StudentConfig(BaseModel):
+    """Architecture of a student; stored as JSON beside its weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: int = Field(description="output image size (the teacher's)")
+    style_dim: int = Field(512, gt=0)
+    channels: dict[int, int] = Field(description="feature channels per feature resolution 4..R/2")
+    demodulation: Literal["exact", "fused"] = "fused"
+    head: Literal["wavelet", "uptorgb"] = "wavelet"
+
+    @model_validator(mode="after")
+    def _check(self) -> StudentConfig:
+        r = self.resolution
+        if r < 8 or r > 4096 or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two in [8, 4096], got {r}")
+        expected = resolutions(r // 2)
+        if sorted(self.channels) != expected:
+            raise ValueError(
+                f"channels must have keys {expected} (feature resolutions 4..{r // 2}), "
+                f"got {sorted(self.channels)}"
+            )
+        bad = {k: c for k, c in self.channels.items() if c <= 0 or (k > 4 and c % 4)}
+        if self.channels[4] <= 0 or bad:
+            raise ValueError(
+                f"channels must be positive and, above 4x4, multiples of 4 (IDWT splits "
+                f"them into 4 subbands), got {bad}"
+            )
+        return self
+
+    @classmethod
+    def from_teacher(
+        cls, teacher_channels: dict[int, int], resolution: int, style_dim: int, **kw
+    ) -> StudentConfig:
+        """MobileStyleGAN's choice: the teacher's channel count at each feature resolution
+        (512 x 5, 256, 128, 64 for a 1024 config-f teacher), rounded up to a multiple of 4."""
+        channels = {r: -(-teacher_channels[r] // 4) * 4 for r in resolutions(resolution // 2)}
+        return cls(resolution=resolution, style_dim=style_dim, channels=channels, **kw)
+
+    @property
+    def levels(self) -> list[int]:
+        """Feature resolution of each level: 4, 8, ..., R/2 (a level's image is twice that)."""
+        return resolutions(self.resolution // 2)
+
+    @property
+    def n_latent_used(self) -> int:
+        """W+ entries read (the teacher's first n_latent - 2)."""
+        return 2 * len(self.levels)
+
+    @property
+    def num_noise(self) -> int:
+        return 2 * len(self.levels) - 1
+
+
+class ModulatedDWConv2d(nn.Module):
+    """Modulated depthwise-separable conv with exact, fused (constant) or no demodulation."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int = 3,
+        demodulation: Demodulation = "fused",
+    ) -> None:
+        super().__init__()
+        self.in_ch, self.out_ch, self.padding = in_ch, out_ch, kernel_size // 2
+        self.weight_dw = nn.Parameter(torch.randn(in_ch, 1, kernel_size, kernel_size))
+        self.weight_pw = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.demodulation = demodulation
+        if demodulation == "fused":
+            # Stands in for s inside sigma; init 1 = the modulation's bias init.
+            self.style_inv = nn.Parameter(torch.ones(in_ch))
+
+    def sigma_inv(self, s: torch.Tensor) -> torch.Tensor:
+        """1 / sigma_j for styles s [B, in] -> [B, out]; sum_k dw_ik^2 factors out of the sum."""
+        energy = self.weight_pw.squeeze(-1).squeeze(-1).pow(2) * self.weight_dw.pow(2).sum(
+            [1, 2, 3]
+        )  # [out, in]: sum_k (pw_ji dw_ik)^2
+        return torch.rsqrt((self.scale * s).pow(2) @ energy.t() + 1e-8)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        s = self.modulation(w)  # [B, in]
+        x = x * (self.scale * s)[:, :, None, None]
+        x = F.conv2d(x, self.weight_dw, padding=self.padding, groups=self.in_ch)
+        x = F.conv2d(x, self.weight_pw)
+        if self.demodulation == "exact":
+            x = x * self.sigma_inv(s)[:, :, None, None]
+        elif self.demodulation == "fused":
+            x = x * self.sigma_inv(self.style_inv[None])[:, :, None, None]
+        return x
+
+    @torch.no_grad()
+    def fold_(self) -> None:
+        """Fold the constant fused demodulation into the pointwise weights (inference)."""
+        if self.demodulation != "fused":
+            raise ValueError(f"only fused demodulation folds, this conv is {self.demodulation!r}")
+        self.weight_pw.mul_(self.sigma_inv(self.style_inv[None]).view(-1, 1, 1, 1))
+        del self.style_inv
+        self.demodulation = "none"
+
+
+class StyledDWConv(nn.Module):
+    """Modulated DW-separable conv -> noise -> bias + leaky ReLU (as the teacher's StyledConv)."""
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, demodulation: Demodulation) -> None:
+        super().__init__()
+        self.conv = ModulatedDWConv2d(in_ch, out_ch, style_dim, 3, demodulation)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_ch)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, w), noise))
+
+
+class IDWTUpsample(nn.Module):
+    """x2 up-sampling without weights: modulate, read 4C channels as Haar subbands, IDWT -> C."""
+
+    def __init__(self, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.modulation = EqualLinear(style_dim, channels, bias_init=1.0)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return idwt(x * self.modulation(w)[:, :, None, None])
+
+
+class Head(nn.Module):
+    """1x1 modulated conv (no demodulation) to the level's output.
+
+    ``wavelet``: 12 Haar channels at the feature resolution (IDWT gives the image).
+    ``uptorgb`` (BlazeStyleGAN): RGB at the feature resolution, bilinearly up-sampled x2.
+    """
+
+    def __init__(self, in_ch: int, style_dim: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        out = WAVELET_CHANNELS if kind == "wavelet" else 3
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out, in_ch, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out))
+        self.scale = 1.0 / math.sqrt(in_ch)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x * (self.scale * self.modulation(w))[:, :, None, None]
+        return F.conv2d(x, self.weight, self.bias)
+
+    def to_image(self, out: torch.Tensor) -> torch.Tensor:
+        if self.kind == "wavelet":
+            return idwt(out)
+        return F.interpolate(out, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class Level(nn.Module):
+    """One student level: IDWT up-sampling, two styled DW-separable convs, a head."""
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.up = IDWTUpsample(in_ch, style_dim)
+        self.conv1 = StyledDWConv(in_ch // 4, out_ch, style_dim, cfg.demodulation)
+        self.conv2 = StyledDWConv(out_ch, out_ch, style_dim, cfg.demodulation)
+        self.head = Head(out_ch, style_dim, cfg.head)
+
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """w: [B, 3, D], the teacher's W+ entries of this block (up/conv1, conv2, head)."""
+        x = self.up(x, w[:, 0])
+        x = self.conv1(x, w[:, 0], noise[0])
+        return self.conv2(x, w[:, 1], noise[1])
+
+
+class StudentOutput(NamedTuple):
+    image: torch.Tensor  # [B, 3, R, R]
+    heads: list[torch.Tensor]  # every level's head output, coarse to fine (last = image's)
+    images: list[torch.Tensor]  # every level's image (8, 16, ..., R), for pyramid losses
+
+
+class MobileSynthesis(nn.Module):
+    """Student synthesis network: teacher W+ and noise in, image out."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch, d = cfg.channels, cfg.style_dim
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledDWConv(ch[4], ch[4], d, cfg.demodulation)
+        self.head1 = Head(ch[4], d, cfg.head)
+        self.levels = nn.ModuleList(
+            Level(ch[r // 2], ch[r], d, cfg) for r in cfg.levels[1:]
+        )
+
+    def _features(self, wplus: torch.Tensor, noise: list[torch.Tensor]):
+        """Yield (features, head, w of the head) per level, coarse to fine."""
+        cfg = self.cfg
+        if wplus.ndim != 3 or wplus.shape[1] < cfg.n_latent_used or wplus.shape[2] != cfg.style_dim:
+            raise ValueError(
+                f"wplus must be [B, >={cfg.n_latent_used}, {cfg.style_dim}], got {list(wplus.shape)}"
+            )
+        if len(noise) < cfg.num_noise:
+            raise ValueError(f"expected >= {cfg.num_noise} noise tensors, got {len(noise)}")
+        x = self.conv1(self.input(wplus.shape[0]), wplus[:, 0], noise[0])
+        yield x, self.head1, wplus[:, 1]
+        for b, level in enumerate(self.levels):
+            i = 2 * b + 1  # the teacher's W+/noise index of this resolution's first conv
+            x = level(x, wplus[:, i : i + 2], (noise[i], noise[i + 1]))
+            yield x, level.head, wplus[:, i + 2]
+
+    def forward(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Inference: only the last head runs."""
+        for x, head, w in self._features(wplus, noise):
+            pass
+        return head.to_image(head(x, w))
+
+    def forward_all(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> StudentOutput:
+        """Training: every level's head (auxiliary heads give deep supervision)."""
+        heads = [head(x, w) for x, head, w in self._features(wplus, noise)]
+        all_heads = [self.head1, *(level.head for level in self.levels)]
+        images = [h.to_image(o) for h, o in zip(all_heads, heads)]
+        return StudentOutput(images[-1], heads, images)
+
+
+def fold_demodulation(student: MobileSynthesis) -> MobileSynthesis:
+    """A copy of ``student`` with every fused demodulation folded into its pointwise weights.
+
+    Same images, fewer ops: the per-call sigma computation disappears.
+    """
+    folded = copy.deepcopy(student)
+    for module in folded.modules():
+        if isinstance(module, ModulatedDWConv2d) and module.demodulation == "fused":
+            module.fold_()
+    return folded

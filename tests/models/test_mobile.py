@@ -1,0 +1,112 @@
+"""The MobileStyleGAN student: exact wavelets, DW-separable modulated convs, demod folding."""
+
+import pytest
+import torch
+
+from pipeline.models.mobile import (
+    ModulatedDWConv2d,
+    MobileSynthesis,
+    StudentConfig,
+    fold_demodulation,
+)
+from pipeline.models.stylegan2 import StyleGAN2Config
+from pipeline.models.wavelets import dwt, idwt
+
+
+def test_haar_dwt_is_exactly_inverted_and_preserves_energy():
+    x = torch.randn(2, 5, 16, 8, dtype=torch.float64)
+    y = dwt(x)
+    assert y.shape == (2, 20, 8, 4)
+    assert torch.allclose(idwt(y), x, atol=1e-12)
+    assert torch.allclose(y.pow(2).sum(), x.pow(2).sum())  # orthonormal
+    assert torch.allclose(y[:, :5], torch.nn.functional.avg_pool2d(x, 2) * 2)  # LL band
+    z = torch.randn(1, 12, 4, 4, dtype=torch.float64)
+    assert torch.allclose(dwt(idwt(z)), z, atol=1e-12)
+
+
+def test_wavelet_transforms_reject_bad_shapes():
+    with pytest.raises(ValueError, match="even"):
+        dwt(torch.randn(1, 3, 5, 4))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        idwt(torch.randn(1, 6, 4, 4))
+
+
+def test_default_student_takes_the_teachers_channels_per_feature_resolution():
+    teacher = StyleGAN2Config.config_f(1024)
+    cfg = StudentConfig.from_teacher(teacher.channels, 1024, 512)
+    assert cfg.channels == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128,
+                            512: 64}  # MobileStyleGAN's [512 x 5, 256, 128, 64]
+    assert cfg.n_latent_used == teacher.n_latent - 2 and cfg.num_noise == teacher.num_layers - 2
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 64])
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_student_consumes_teacher_wplus_and_noise_at_any_resolution(resolution, head):
+    teacher = StyleGAN2Config.config_f(resolution, channel_max=16, style_dim=8, n_mlp=1)
+    cfg = StudentConfig.from_teacher(teacher.channels, resolution, 8, head=head)
+    student = MobileSynthesis(cfg)
+    wplus = torch.randn(2, teacher.n_latent, 8)
+    noise = [torch.randn(2, 1, r, r) for r in teacher.noise_resolutions()]
+    image = student(wplus, noise)
+    assert image.shape == (2, 3, resolution, resolution)
+    out = student.forward_all(wplus, noise)
+    assert torch.equal(out.image, image)
+    assert [i.shape[-1] for i in out.images] == [2 * r for r in cfg.levels]
+    if head == "wavelet":
+        assert [h.shape[1] for h in out.heads] == [12] * len(cfg.levels)
+
+
+def test_student_uses_the_noise_it_is_given():
+    teacher = StyleGAN2Config.config_f(16, channel_max=8, style_dim=8, n_mlp=1)
+    student = MobileSynthesis(StudentConfig.from_teacher(teacher.channels, 16, 8))
+    for m in student.modules():
+        if hasattr(m, "weight") and m.__class__.__name__ == "NoiseInjection":
+            torch.nn.init.constant_(m.weight, 0.5)
+    wplus = torch.randn(1, teacher.n_latent, 8)
+    noise = [torch.randn(1, 1, r, r) for r in teacher.noise_resolutions()]
+    same = student(wplus, noise)
+    assert torch.equal(same, student(wplus, [n.clone() for n in noise]))
+    assert not torch.allclose(same, student(wplus, [torch.randn_like(n) for n in noise]))
+
+
+def test_exact_demodulation_equals_the_composite_dense_kernel_formula():
+    conv = ModulatedDWConv2d(6, 5, style_dim=4, demodulation="exact").double()
+    w = torch.randn(3, 4, dtype=torch.float64)
+    s = conv.modulation(w)  # [B, in]
+    dense = conv.weight_pw[:, :, 0, 0][:, :, None, None] * conv.weight_dw[:, 0][None]  # [out,in,k,k]
+    modulated = conv.scale * dense[None] * s[:, None, :, None, None]
+    sigma = modulated.pow(2).sum([2, 3, 4]).add(1e-8).sqrt()
+    assert torch.allclose(conv.sigma_inv(s), 1 / sigma)
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    expected = torch.stack([
+        torch.nn.functional.conv2d(x[i : i + 1], modulated[i], padding=1)[0] / sigma[i, :, None, None]
+        for i in range(3)])
+    assert torch.allclose(conv(x, w), expected, atol=1e-10)
+
+
+def test_folding_fused_demodulation_gives_the_same_images():
+    teacher = StyleGAN2Config.config_f(32, channel_max=16, style_dim=8, n_mlp=1)
+    student = MobileSynthesis(StudentConfig.from_teacher(teacher.channels, 32, 8)).double()
+    for m in student.modules():  # trained-like constants, not the init value
+        if isinstance(m, ModulatedDWConv2d):
+            m.style_inv.data.uniform_(0.5, 2.0)
+    folded = fold_demodulation(student)
+    wplus = torch.randn(2, teacher.n_latent, 8, dtype=torch.float64)
+    noise = [torch.randn(2, 1, r, r, dtype=torch.float64) for r in teacher.noise_resolutions()]
+    assert torch.allclose(folded(wplus, noise), student(wplus, noise), rtol=1e-10, atol=1e-10)
+    convs = [m for m in folded.modules() if isinstance(m, ModulatedDWConv2d)]
+    assert convs and all(m.demodulation == "none" and not hasattr(m, "style_inv") for m in convs)
+    assert all(m.demodulation == "fused" for m in student.modules()
+               if isinstance(m, ModulatedDWConv2d))  # the original is untouched
+    with pytest.raises(ValueError, match="only fused"):
+        convs[0].fold_()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(resolution=32, channels={4: 8, 8: 8}), "keys"),
+    (dict(resolution=16, channels={4: 8, 8: 6}), "multiples of 4"),
+    (dict(resolution=24, channels={4: 8}), "power of two"),
+])
+def test_invalid_student_configs_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        StudentConfig(style_dim=8, **bad)
