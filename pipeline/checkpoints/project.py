@@ -1,4 +1,6 @@
-"""The project's own teacher format: one safetensors file, architecture as JSON in its header.
+"""The project's own format: one safetensors file, architecture as JSON in its header.
+
+Used for teachers (``stylegan2-teacher/v1``) and students (``mobile-student/v1``).
 
 safetensors holds raw tensors only (nothing to execute), and keeping the config in
 the same file means weights and architecture can never be separated or mismatched.
@@ -14,21 +16,44 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..io import atomic_path
+from ..models.mobile import MobileSynthesis, StudentConfig
 from ..models.stylegan2 import Generator, StyleGAN2Config
 from .state import generator_from_state
 
 FORMAT_KEY = "stylegan_mobile.format"
 CONFIG_KEY = "stylegan_mobile.config"
 TEACHER_FORMAT = "stylegan2-teacher/v1"
+STUDENT_FORMAT = "mobile-student/v1"
+
+
+def _save(module, fmt: str, path: str | Path, metadata: dict[str, str] | None) -> None:
+    """Weights + architecture (``module.cfg``) in one safetensors file, written atomically."""
+    header = {**(metadata or {}), FORMAT_KEY: fmt, CONFIG_KEY: module.cfg.model_dump_json()}
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
+
+
+def _read(path: str | Path, fmt: str, config_cls):
+    """(config, state dict, header) of a project-format file of kind ``fmt``."""
+    header = read_header(path)
+    if header.get(FORMAT_KEY) != fmt or CONFIG_KEY not in header:
+        raise CheckpointError(
+            f"{path}: not a {fmt} checkpoint (expected header {FORMAT_KEY}={fmt!r} "
+            f"and {CONFIG_KEY})"
+        )
+    try:
+        cfg = config_cls.model_validate(json.loads(header[CONFIG_KEY]))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: invalid architecture config in header: {e}") from None
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    return cfg, state, {k: v for k, v in header.items() if k not in (FORMAT_KEY, CONFIG_KEY)}
 
 
 def save_teacher(generator: Generator, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write weights + architecture atomically; ``metadata`` (strings) goes into the header."""
-    header = {**(metadata or {}), FORMAT_KEY: TEACHER_FORMAT,
-              CONFIG_KEY: generator.cfg.model_dump_json()}
-    state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=header)
+    """Write a teacher's weights + architecture atomically; ``metadata`` (strings) goes in the header."""
+    _save(generator, TEACHER_FORMAT, path, metadata)
 
 
 def read_header(path: str | Path) -> dict[str, str]:
@@ -40,16 +65,21 @@ def read_header(path: str | Path) -> dict[str, str]:
 
 
 def load_teacher_file(path: str | Path) -> tuple[Generator, dict[str, str]]:
-    header = read_header(path)
-    if header.get(FORMAT_KEY) != TEACHER_FORMAT or CONFIG_KEY not in header:
-        raise CheckpointError(
-            f"{path}: safetensors file without a StyleGAN2 teacher header "
-            f"(expected {FORMAT_KEY}={TEACHER_FORMAT!r} and {CONFIG_KEY})"
-        )
-    try:
-        cfg = StyleGAN2Config.model_validate(json.loads(header[CONFIG_KEY]))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: invalid architecture config in header: {e}") from None
-    with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    cfg, state, _ = _read(path, TEACHER_FORMAT, StyleGAN2Config)
     return generator_from_state(state, str(path), cfg=cfg)
+
+
+def save_student(student: MobileSynthesis, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a student's weights + architecture atomically."""
+    _save(student, STUDENT_FORMAT, path, metadata)
+
+
+def load_student(path: str | Path) -> tuple[MobileSynthesis, dict[str, str]]:
+    """A student and its header metadata; errors name the file and the problem."""
+    cfg, state, header = _read(path, STUDENT_FORMAT, StudentConfig)
+    student = MobileSynthesis(cfg)
+    try:
+        student.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the student config: {e}") from None
+    return student.eval(), header

@@ -110,7 +110,7 @@ def test_safetensors_without_teacher_header_is_rejected(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(CheckpointError, match="without a StyleGAN2 teacher header"):
+    with pytest.raises(CheckpointError, match="not a stylegan2-teacher/v1 checkpoint"):
         load_teacher(tmp_path / "plain.safetensors")
 
 
