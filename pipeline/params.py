@@ -100,12 +100,93 @@ class FetchTeacher(Section):
         return self.source == "random:" or self.source == "random"
 
 
+class StudentArch(Section):
+    """The student's architecture, relative to the teacher it imitates."""
+
+    channels: dict[int, int] | None = Field(
+        None, description="channels per feature resolution 4..R/2; null = MobileStyleGAN's "
+        "choice (the teacher's channels at each resolution)")
+    width: Annotated[float, Field(gt=0, le=4)] = 1.0
+    demodulation: Literal["exact", "fused"] = "fused"
+    head: Literal["wavelet", "uptorgb"] = "wavelet"
+
+
+class LossWeights(Section):
+    """L = pixel (wavelet + image, L1 + L2) + perceptual + multiscale + gan (MobileStyleGAN 4)."""
+
+    wavelet_l1: Annotated[float, Field(ge=0)] = 1.0
+    wavelet_l2: Annotated[float, Field(ge=0)] = 1.0
+    pixel_l1: Annotated[float, Field(ge=0)] = 1.0
+    pixel_l2: Annotated[float, Field(ge=0)] = 1.0
+    perceptual: Annotated[float, Field(ge=0)] = 1.0
+    multiscale_perceptual: Annotated[float, Field(ge=0)] = 0.0
+    gan: Annotated[float, Field(ge=0)] = 0.1
+
+
+class Perceptual(Section):
+    """LPIPS: the lpips package's linear layers + a torchvision VGG16/AlexNet backbone."""
+
+    net: Literal["vgg", "alex"] = "vgg"
+    backbone_weights: str | None = Field(
+        None, description="torchvision state dict: path, https://, s3:// (null: torch hub cache)")
+    stand_in: bool = Field(
+        False, description="allow a random backbone when no weights are found; "
+        "metric names then end in _randinit")
+    size: Annotated[int, Field(ge=16)] = 256
+
+
+class FeatureExtractor(Section):
+    """Inception (pytorch-fid) features for KID/FID."""
+
+    weights: str | None = Field(None, description="pt_inception-2015-12-05 weights; null: hub cache")
+    stand_in: bool = False
+
+
+class Adversarial(Section):
+    augment: str = "color,translation,cutout"
+    r1_gamma: Annotated[float, Field(ge=0)] = 10.0
+    r1_every: Annotated[int, Field(ge=1)] = 16
+    channel_max: Annotated[int, Field(ge=1)] = 512
+    real_images: str | None = Field(
+        None, description="folder of real images: the discriminator's real set (BlazeStyleGAN)")
+
+
+class Validation(Section):
+    every: Annotated[int, Field(ge=1)] = 100
+    num_samples: Annotated[int, Field(ge=2)] = 64
+    seed: Annotated[int, Field(ge=0)] = 12345
+    grid_samples: Annotated[int, Field(ge=1, le=64)] = 8
+
+
+class Distill(Section):
+    student: StudentArch = StudentArch()
+    steps: Annotated[int, Field(ge=1)] = 1000
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.999)
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 1.0
+    style_mixing_prob: Annotated[float, Field(ge=0, le=1)] = 0.5
+    loss: LossWeights = LossWeights()
+    perceptual: Perceptual = Perceptual()
+    features: FeatureExtractor = FeatureExtractor()
+    adversarial: Adversarial = Adversarial()
+    validation: Validation = Validation()
+    checkpoint_every: Annotated[int, Field(ge=1)] = 100
+    log_every: Annotated[int, Field(ge=1)] = 10
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 mixed precision on GPU, fp32 on CPU")
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class Params(Section):
     """All of params.yaml. Later stages add their sections here."""
 
     profile: str = Field("offline", description="name of the profile, logged as a tag")
     seed: Annotated[int, Field(ge=0)] = 0
     fetch_teacher: FetchTeacher = FetchTeacher()
+    distill: Distill = Distill()
 
 
 def _format_error(e: ValidationError, origin: str) -> str:

@@ -255,6 +255,25 @@ class MobileSynthesis(nn.Module):
         return StudentOutput(images[-1], heads, images)
 
 
+@torch.no_grad()
+def calibrate_demodulation(student: MobileSynthesis, wplus: torch.Tensor,
+                           noise: list[torch.Tensor]) -> None:
+    """Data-dependent init of every fused demodulation: style_inv = RMS over the batch of
+    the styles s that conv really receives, so fused starts out as exact demodulation on
+    average (at init 1 the mismatch compounds layer after layer into huge activations)."""
+
+    def calibrate(module: ModulatedDWConv2d, args) -> None:
+        module.style_inv.copy_(module.modulation(args[1]).pow(2).mean(0).sqrt())
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in student.modules()
+             if isinstance(m, ModulatedDWConv2d) and m.demodulation == "fused"]
+    try:
+        student(wplus, noise)  # hooks fire coarse to fine, each seeing calibrated inputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def fold_demodulation(student: MobileSynthesis) -> MobileSynthesis:
     """A copy of ``student`` with every fused demodulation folded into its pointwise weights.
 

@@ -1,0 +1,72 @@
+"""LPIPS (Zhang et al., 2018) from the ``lpips`` package.
+
+The package ships its learned linear layers; the VGG16/AlexNet backbone is
+torchvision's, read from a file in torchvision's layout (``vgg16-397923af.pth``,
+``alexnet-owt-7be5be79.pth``) instead of being downloaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PipelineError
+from .weights import assign, find_weights, load_state_dict_file, missing_weights_error
+
+HUB_NAMES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+PARAMS_KEY = "distill.perceptual.backbone_weights"
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Down to size x size: area for integer factors (exact box filter), else antialiased bilinear."""
+    h, w = x.shape[-2:]
+    if h % size == 0 and w % size == 0:
+        return F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class LPIPS(nn.Module):
+    """Perceptual distance per image pair; frozen, but differentiable w.r.t. the images
+    (the distillation uses it as a loss)."""
+
+    def __init__(self, net: Literal["vgg", "alex"] = "vgg", backbone_weights: str | Path | None = None,
+                 stand_in: bool = False, size: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if net not in HUB_NAMES:
+            raise PipelineError(f"LPIPS net must be one of {sorted(HUB_NAMES)}, got {net!r}")
+        import lpips  # imports torchvision: keep it off module import
+
+        path = find_weights(backbone_weights, HUB_NAMES[net])
+        if path is None and not stand_in:
+            raise missing_weights_error(f"the LPIPS {net} backbone", HUB_NAMES[net], PARAMS_KEY)
+        # Seeded: a stand-in backbone must be the same network in every run and process.
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" from lpips
+            torch.manual_seed(seed)
+            self.model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
+        if path is not None:
+            # lpips's slices keep torchvision's indices: sliceK.N.* is features.N.*
+            names = {k: "features." + k.split(".", 1)[1] for k in self.model.net.state_dict()}
+            assign(self.model.net, load_state_dict_file(path), names, path)
+        self.stand_in = path is None
+        self.name = f"lpips_{net}" + ("_randinit" if self.stand_in else "")
+        self.size = size
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> LPIPS:
+        """Always eval: lpips's dropout must not switch on inside a training module."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> [B] distances (both resized down to ``size`` when larger)."""
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS needs images of equal shape, got {list(x.shape)} and {list(y.shape)}")
+        if self.size is not None and max(x.shape[-2:]) > self.size:
+            x, y = resize(x, self.size), resize(y, self.size)
+        return self.model(x.float(), y.float()).flatten()

@@ -1,0 +1,1 @@
+"""Distillation training: objective (loss.py), loop (loop.py), snapshots, augmentation, DDP."""

@@ -1,0 +1,324 @@
+"""The distill stage's training loop: the teacher generates every target on the fly.
+
+Per step: sample z (mixing, truncation) -> teacher W+, noise, image -> student
+(all heads) -> generator phase -> discriminator phase (+ lazy R1) -> EMA update.
+Every ``validation.every`` steps the EMA student is compared with the teacher on
+fixed latents and fixed noise (LPIPS, pixel L1, KID); every ``checkpoint_every``
+steps a snapshot is written (see checkpoint.py) so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..errors import PipelineError
+from ..metrics.distances import kid
+from ..models.discriminator import Discriminator
+from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
+from ..models.stylegan2 import Generator
+from ..params import Distill
+from . import checkpoint, dist
+from .loss import DistillLoss, Targets, teacher_targets
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(PipelineError):
+    """The loss became NaN/inf: training stops and the last good snapshot is kept."""
+
+
+def student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
+    """The student for this teacher; incompatible settings fail with the key to fix."""
+    t = teacher.cfg
+    arch = cfg.student
+    try:
+        if arch.channels is not None:
+            return StudentConfig(resolution=t.resolution, style_dim=t.style_dim,
+                                 channels=arch.channels, demodulation=arch.demodulation,
+                                 head=arch.head)
+        base = StudentConfig.from_teacher(t.channels, t.resolution, t.style_dim)
+        channels = {r: max(4, round(c * arch.width / 4) * 4) for r, c in base.channels.items()}
+        return StudentConfig(resolution=t.resolution, style_dim=t.style_dim, channels=channels,
+                             demodulation=arch.demodulation, head=arch.head)
+    except ValueError as e:
+        raise PipelineError(
+            f"distill.student does not fit the {t.resolution}x{t.resolution} teacher: {e}"
+        ) from None
+
+
+def settings_digest(cfg: Distill, teacher_sha256: str, world: int) -> str:
+    """What a snapshot must agree on to be resumed: everything but the run length and cadence."""
+    data = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "log_every"})
+    data["validation"].pop("every")
+    blob = json.dumps({"distill": data, "teacher": teacher_sha256, "world": world}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+@dataclass
+class History:
+    """Validation figures per step (also the DVC plot) and the loss curve."""
+
+    validation: list[dict[str, float]] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class DistillResult:
+    student: MobileSynthesis  # the EMA weights
+    history: History
+    metrics: dict[str, Any]
+
+
+class Validator:
+    """Fixed latents + fixed noise: the EMA student against the teacher, every time the same."""
+
+    def __init__(self, teacher: Generator, cfg: Distill, lpips, features, device: torch.device,
+                 batch: int = 8) -> None:
+        v = cfg.validation
+        g = torch.Generator().manual_seed(v.seed)
+        self.targets: list[Targets] = []
+        for start in range(0, v.num_samples, batch):
+            n = min(batch, v.num_samples - start)
+            self.targets.append(teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device))
+        self.lpips, self.features = lpips, features
+        self.teacher_feats = torch.cat([self._feats(t.image) for t in self.targets])
+
+    @torch.no_grad()
+    def _feats(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images.float()).double().cpu()
+
+    @torch.no_grad()
+    def __call__(self, student: MobileSynthesis) -> dict[str, float]:
+        lp, l1, feats = [], [], []
+        for t in self.targets:
+            image = student(t.wplus, t.noise).float()
+            lp.append(self.lpips(image, t.image).mean().item() * len(image))
+            l1.append((image - t.image).abs().mean().item() * len(image))
+            feats.append(self._feats(image))
+        n = sum(len(t.image) for t in self.targets)
+        student_feats = torch.cat(feats)
+        kid_mean, _ = kid(self.teacher_feats.numpy(), student_feats.numpy(),
+                          num_subsets=50, subset_size=min(1000, n))
+        return {"lpips": sum(lp) / n, "pixel_l1": sum(l1) / n, "kid": kid_mean}
+
+    def grid_pairs(self, student: MobileSynthesis, count: int) -> torch.Tensor:
+        """Teacher row above student row, same latents."""
+        t = self.targets[0]
+        with torch.no_grad():
+            image = student(t.wplus[:count], [n[:count] for n in t.noise]).float()
+        return torch.cat([t.image[:count].float(), image]).cpu()
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def distill(
+    cfg: Distill,
+    teacher: Generator,
+    teacher_sha256: str,
+    snapshot_dir: str | Path,
+    lpips,
+    features,
+    real_images: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+    on_log: Callable[[dict[str, float], int], None] | None = None,
+    on_validate: Callable[[dict[str, float], int, torch.Tensor], None] | None = None,
+    progress: bool = True,
+) -> DistillResult:
+    """Train a student to imitate ``teacher``; returns the EMA student and its history.
+
+    ``lpips`` is the perceptual network (loss and validation), ``features`` the KID
+    feature extractor; ``real_images(n, generator)`` gives the discriminator real
+    images (BlazeStyleGAN) instead of teacher images. Callbacks run on rank 0 only.
+    """
+    ctx = dist.setup()
+    device = ctx.device
+    torch.manual_seed(cfg.seed)
+    student_cfg = student_config(cfg, teacher)
+    if cfg.batch_size % ctx.world:
+        raise PipelineError(
+            f"distill.batch_size ({cfg.batch_size}) must divide evenly over {ctx.world} processes"
+        )
+    batch = cfg.batch_size // ctx.world
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = MobileSynthesis(student_cfg).to(device).train()
+    calib = teacher_targets(teacher, 64, cfg.truncation_psi, 0.0,
+                            torch.Generator().manual_seed(cfg.seed), device)
+    calibrate_demodulation(student, calib.wplus, calib.noise)  # overwritten when resuming
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    use_gan = cfg.loss.gan > 0
+    disc = Discriminator(teacher.cfg.resolution, channel_max=cfg.adversarial.channel_max).to(
+        device) if use_gan else None
+    # Lazy regularisation: R1 every N steps, so Adam sees a scaled lr/betas (StyleGAN2 B.1).
+    r1_ratio = cfg.adversarial.r1_every / (cfg.adversarial.r1_every + 1)
+    opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr * r1_ratio,
+                             betas=tuple(b**r1_ratio for b in cfg.betas)) if use_gan else None
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_fn = DistillLoss(cfg.loss, lpips, cfg.adversarial.augment, cfg.adversarial.r1_gamma)
+    sampler = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
+    digest = settings_digest(cfg, teacher_sha256, ctx.world)
+    validator = Validator(teacher, cfg, lpips, features, device) if ctx.main else None
+    history = History()
+    start_step, metrics_start = 0, None
+
+    state = checkpoint.load_latest(snapshot_dir, digest)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        ema.load_state_dict(state["ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        if use_gan:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.set_state(state["samplers"][ctx.rank])
+        torch.set_rng_state(state["torch_rng"])
+        history = History(state["validation"], state["losses"])
+        start_step, metrics_start = state["step"], state["metrics_start"]
+    if start_step > cfg.steps:
+        raise PipelineError(
+            f"the newest snapshot is at step {start_step}, past distill.steps={cfg.steps}; "
+            f"raise distill.steps or remove {snapshot_dir}"
+        )
+
+    def validate(step: int) -> dict[str, float]:
+        figures = validator(ema)
+        history.validation.append({"step": step, **figures})
+        if on_validate:
+            on_validate(figures, step, validator.grid_pairs(ema, cfg.validation.grid_samples))
+        return figures
+
+    if ctx.main and metrics_start is None:
+        metrics_start = validate(0)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else (
+        contextlib.nullcontext)
+    wavelet_heads = student_cfg.head == "wavelet"
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and ctx.main),
+               desc="distill", unit="step", dynamic_ncols=True)
+    t0, images_seen = time.perf_counter(), 0
+    for step in range(start_step + 1, cfg.steps + 1):
+        target = teacher_targets(teacher, batch, cfg.truncation_psi, cfg.style_mixing_prob,
+                                 sampler, device)
+        real = target.image if real_images is None else real_images(batch, sampler).to(device)
+
+        # Generator phase: imitate the teacher (and fool D).
+        if disc is not None:
+            disc.requires_grad_(False)
+        with autocast():
+            out = student.forward_all(target.wplus, target.noise)
+            loss_g, parts = loss_fn.generator_loss(out, target, disc, wavelet_heads, sampler)
+        _check_finite(loss_g, step, snapshot_dir)
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        dist.average_gradients(student, ctx)
+        scaler.step(opt_g)
+
+        # Discriminator phase: teacher (or real) images vs the student's.
+        if disc is not None:
+            disc.requires_grad_(True)
+            with autocast():
+                loss_d, d_parts = loss_fn.discriminator_loss(disc, out.image.float(), real, sampler)
+            if step % cfg.adversarial.r1_every == 0 and cfg.adversarial.r1_gamma > 0:
+                loss_r1, r1_parts = loss_fn.r1_loss(disc, real, cfg.adversarial.r1_every)
+                loss_d = loss_d + loss_r1
+                d_parts.update(r1_parts)
+            _check_finite(loss_d, step, snapshot_dir)
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            dist.average_gradients(disc, ctx)
+            scaler.step(opt_d)
+            parts.update(d_parts)
+        scaler.update()
+        _ema_update(ema, student, cfg.ema_decay)
+        images_seen += batch * ctx.world
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {k: dist.mean(v.item(), ctx, device) for k, v in parts.items()}
+            if ctx.main:
+                history.losses.append({"step": step, **row})
+                bar.set_postfix(g=f"{row['total_g']:.3f}", lpips=f"{row.get('perceptual', 0):.3f}")
+                if on_log:
+                    on_log(row, step)
+        if ctx.main and (step % cfg.validation.every == 0 or step == cfg.steps):
+            validate(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if ctx.main:
+                checkpoint.save_snapshot(snapshot_dir, step, {
+                    "digest": digest, "student": student.state_dict(), "ema": ema.state_dict(),
+                    "opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(),
+                    "disc": disc.state_dict() if disc is not None else {},
+                    "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                    "samplers": _gather_sampler_states(sampler, ctx),
+                    "torch_rng": torch.get_rng_state(),
+                    "validation": history.validation, "losses": history.losses,
+                    "metrics_start": metrics_start,
+                })
+            else:
+                _gather_sampler_states(sampler, ctx)
+            dist.barrier(ctx)
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    dist.teardown(ctx)
+    end = history.validation[-1] if history.validation else {}
+    metrics = {
+        "steps": cfg.steps,
+        "resumed_from_step": start_step,
+        "images_per_second": round(images_seen / elapsed, 3) if images_seen else 0.0,
+        "train_seconds": round(elapsed, 2),
+        "lpips_to_teacher_start": metrics_start["lpips"] if metrics_start else math.nan,
+        "lpips_to_teacher_end": end.get("lpips", math.nan),
+        "pixel_l1_start": metrics_start["pixel_l1"] if metrics_start else math.nan,
+        "pixel_l1_end": end.get("pixel_l1", math.nan),
+        "kid_start": metrics_start["kid"] if metrics_start else math.nan,
+        "kid_end": end.get("kid", math.nan),
+        "student_params": sum(p.numel() for p in ema.parameters()),
+        "world_size": ctx.world,
+    }
+    return DistillResult(ema.cpu(), history, metrics)
+
+
+def _gather_sampler_states(sampler: torch.Generator, ctx: dist.Dist) -> list[torch.Tensor]:
+    """Every rank's sampling RNG state (rank 0 writes them all into the snapshot)."""
+    state = sampler.get_state()
+    if ctx.world == 1:
+        return [state]
+    import torch.distributed as tdist
+
+    states: list[Any] = [None] * ctx.world
+    tdist.all_gather_object(states, state)
+    return states
+
+
+def _check_finite(loss: torch.Tensor, step: int, snapshot_dir: str | Path) -> None:
+    if not torch.isfinite(loss):
+        last = checkpoint.snapshots(snapshot_dir)
+        kept = f"the last good snapshot is {last[-1]}" if last else "no snapshot was written yet"
+        raise DivergenceError(
+            f"loss became {loss.item()} at step {step}: training diverged and stopped; {kept}. "
+            f"Lower distill.lr or the loss weights, or use precision fp32."
+        )

@@ -1,0 +1,122 @@
+"""The distillation objective (MobileStyleGAN section 4, BlazeStyleGAN's additions).
+
+    L_G = pixel terms (wavelet and image space, L1 + L2, every level)
+        + w_p LPIPS(final) + w_ms mean_levels LPIPS(level) + w_gan softplus(-D(aug(fake)))
+    L_D = softplus(D(aug(fake))) + softplus(-D(aug(real)))
+        + (gamma / 2) ||grad D(real)||^2 every N steps (lazy R1, scaled by N)
+
+Targets come from the teacher on the fly: the same W+ and noise feed both networks,
+and each student level is compared with the teacher image area-downsampled to the
+level's resolution (and with its Haar DWT for wavelet heads).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..models.mobile import StudentOutput
+from ..models.stylegan2 import Generator
+from ..models.wavelets import dwt
+from ..params import LossWeights
+from .augment import diff_augment
+from .gan_loss import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+MIN_LPIPS_SIZE = 32  # VGG/AlexNet need a few pooling steps' worth of pixels
+
+
+class Targets(NamedTuple):
+    wplus: torch.Tensor
+    noise: list[torch.Tensor]
+    image: torch.Tensor  # the teacher's image, [B, 3, R, R]
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: Generator, batch: int, truncation_psi: float, mixing_prob: float,
+    generator: torch.Generator, device: torch.device,
+) -> Targets:
+    """One batch of {W+, noise, teacher image} from fresh z: no dataset needed."""
+    d, n = teacher.cfg.style_dim, teacher.cfg.n_latent
+    z = torch.randn(batch, d, generator=generator).to(device)
+    z_mix, crossover = None, None
+    draw = torch.rand((), generator=generator).item()
+    if draw < mixing_prob:
+        z_mix = torch.randn(batch, d, generator=generator).to(device)
+        crossover = int(torch.randint(1, n, (), generator=generator))
+    out = teacher(z, truncation_psi, z_mix, crossover, noise_mode="random", generator=generator)
+    return Targets(out.wplus, out.noise, out.image)
+
+
+def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Area downsampling: box filter, consistent with the Haar LL band."""
+    factor = image.shape[-1] // size
+    return image if factor == 1 else F.avg_pool2d(image, factor)
+
+
+class DistillLoss:
+    """Generator and discriminator phases of the distillation objective."""
+
+    def __init__(self, weights: LossWeights, lpips=None, augment: str = "",
+                 r1_gamma: float = 10.0) -> None:
+        if lpips is None and (weights.perceptual or weights.multiscale_perceptual):
+            raise ValueError("perceptual loss weights are set but no LPIPS network was given")
+        self.w, self.lpips, self.augment, self.r1_gamma = weights, lpips, augment, r1_gamma
+
+    def _lpips(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < MIN_LPIPS_SIZE:
+            x = F.interpolate(x, size=MIN_LPIPS_SIZE, mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=MIN_LPIPS_SIZE, mode="bilinear", align_corners=False)
+        return self.lpips(x, y).mean()
+
+    def generator_loss(
+        self, out: StudentOutput, target: Targets, discriminator=None, wavelet_heads: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        w = self.w
+        parts: dict[str, torch.Tensor] = {}
+        wl1 = wl2 = pl1 = pl2 = out.image.new_zeros(())
+        for head, image in zip(out.heads, out.images):
+            t = downsample(target.image, image.shape[-1])
+            if wavelet_heads:
+                wt = dwt(t)
+                wl1 = wl1 + (head - wt).abs().mean()
+                wl2 = wl2 + (head - wt).pow(2).mean()
+            pl1 = pl1 + (image - t).abs().mean()
+            pl2 = pl2 + (image - t).pow(2).mean()
+        n = len(out.images)
+        parts.update(wavelet_l1=wl1 / n, wavelet_l2=wl2 / n, pixel_l1=pl1 / n, pixel_l2=pl2 / n)
+        total = (w.wavelet_l1 * parts["wavelet_l1"] + w.wavelet_l2 * parts["wavelet_l2"]
+                 + w.pixel_l1 * parts["pixel_l1"] + w.pixel_l2 * parts["pixel_l2"])
+        if w.perceptual:
+            parts["perceptual"] = self._lpips(out.image, target.image)
+            total = total + w.perceptual * parts["perceptual"]
+        if w.multiscale_perceptual:
+            levels = [self._lpips(img, downsample(target.image, img.shape[-1]))
+                      for img in out.images[:-1] if img.shape[-1] >= 16]
+            if levels:
+                parts["multiscale_perceptual"] = torch.stack(levels).mean()
+                total = total + w.multiscale_perceptual * parts["multiscale_perceptual"]
+        if w.gan and discriminator is not None:
+            fake_pred = discriminator(diff_augment(out.image, self.augment, generator=generator))
+            parts["gan_g"] = g_nonsaturating_loss(fake_pred)
+            total = total + w.gan * parts["gan_g"]
+        parts["total_g"] = total
+        return total, parts
+
+    def discriminator_loss(
+        self, discriminator, fake: torch.Tensor, real: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fake_pred = discriminator(diff_augment(fake.detach(), self.augment, generator=generator))
+        real_pred = discriminator(diff_augment(real, self.augment, generator=generator))
+        loss = d_logistic_loss(real_pred, fake_pred)
+        return loss, {"gan_d": loss, "d_real": real_pred.mean(), "d_fake": fake_pred.mean()}
+
+    def r1_loss(self, discriminator, real: torch.Tensor, every: int) -> tuple[torch.Tensor, dict]:
+        """Lazy R1 on un-augmented reals, scaled by the interval (StyleGAN2's lazy regularisation)."""
+        real = real.detach().requires_grad_(True)
+        penalty = r1_penalty(discriminator(real), real)
+        return self.r1_gamma / 2 * penalty * every, {"r1": penalty}

@@ -1,0 +1,196 @@
+"""Distillation: the student learns the teacher, runs resume exactly, DDP works, bad input fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.checkpoints import save_teacher
+from pipeline.checkpoints.project import load_student
+from pipeline.errors import PipelineError
+from pipeline.params import Distill, parse_params
+from pipeline.training import checkpoint
+from pipeline.training.loop import DivergenceError, distill, student_config
+from tests.conftest import REPO, env_with_venv, tiny_params
+
+
+def tiny_distill(**overrides) -> dict:
+    """A few-second distillation on the tiny teacher (stand-in LPIPS/Inception weights)."""
+    cfg = {
+        "steps": 8, "batch_size": 2, "ema_decay": 0.5, "style_mixing_prob": 0.5,
+        "loss": {"multiscale_perceptual": 0.5, "gan": 0.1},
+        "perceptual": {"net": "alex", "stand_in": True, "size": 32},
+        "features": {"stand_in": True},
+        "adversarial": {"channel_max": 16, "r1_every": 4},
+        "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
+        "checkpoint_every": 2, "log_every": 2,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def distill_cfg(**overrides) -> Distill:
+    return parse_params({**tiny_params(), "distill": tiny_distill(**overrides)}).distill
+
+
+@pytest.fixture
+def helper_nets():
+    from pipeline.metrics.inception import InceptionFeatures
+    from pipeline.metrics.perceptual import LPIPS
+
+    return LPIPS("alex", None, stand_in=True, size=32), InceptionFeatures(None, stand_in=True)
+
+
+def test_short_distillation_brings_the_student_closer_to_the_teacher(
+    tiny_teacher, helper_nets, tmp_path
+):
+    cfg = distill_cfg(steps=150, batch_size=4, lr=2e-3, ema_decay=0.9, checkpoint_every=150,
+                      validation={"every": 75, "num_samples": 8})
+    result = distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
+    m = result.metrics
+    assert m["steps"] == 150 and m["images_per_second"] > 0
+    assert m["lpips_to_teacher_end"] < 0.85 * m["lpips_to_teacher_start"], m
+    assert m["pixel_l1_end"] < 0.5 * m["pixel_l1_start"], m
+    assert [row["step"] for row in result.history.validation] == [0, 75, 150]
+
+
+def _stage_env(tmp_path: Path) -> dict[str, str]:
+    return env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                         OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def _write_stage_inputs(tmp_path: Path, teacher, **overrides) -> list[str]:
+    save_teacher(teacher, tmp_path / "teacher.safetensors")
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({**tiny_params(), "distill": tiny_distill(**overrides)}))
+    return ["--params", str(tmp_path / "params.yaml"), "--teacher",
+            str(tmp_path / "teacher.safetensors"), "--no-progress"]
+
+
+def _outputs(tmp_path: Path, name: str) -> list[str]:
+    return ["--out", str(tmp_path / name / "student"), "--snapshots", str(tmp_path / name / "snap"),
+            "--plots", str(tmp_path / name / "plots"),
+            "--metrics", str(tmp_path / name / "distill.json")]
+
+
+def _student_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_student(path / "student" / "student.safetensors")[0].state_dict()
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_teacher, tmp_path):
+    args = _write_stage_inputs(tmp_path, tiny_teacher, steps=12, checkpoint_every=2)
+    env, cmd = _stage_env(tmp_path), [sys.executable, "-m", "components.distill", *args]
+    subprocess.run([*cmd, *_outputs(tmp_path, "straight")], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+
+    proc = subprocess.Popen([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    snap = tmp_path / "killed" / "snap"
+    deadline = time.monotonic() + 300
+    while not any(p.name >= "step-00000004.pt" for p in checkpoint.snapshots(snap)):
+        assert proc.poll() is None and time.monotonic() < deadline, "no snapshot appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name[5:13]) for p in checkpoint.snapshots(snap))
+    assert killed_at < 12 and not (tmp_path / "killed" / "student").exists()
+
+    resumed = subprocess.run([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((tmp_path / "killed" / "distill.json").read_text())
+    assert metrics["resumed_from_step"] == killed_at
+    a, b = _student_state(tmp_path / "straight"), _student_state(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_torchrun_and_gloo(tiny_teacher, tmp_path):
+    args = _write_stage_inputs(tmp_path, tiny_teacher, steps=4, batch_size=4)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "components.distill", *args, *_outputs(tmp_path, "ddp")],
+        env=_stage_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "distill.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+    assert (tmp_path / "ddp" / "student" / "student.safetensors").exists()
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_snapshot(
+    tiny_teacher, helper_nets, tmp_path, monkeypatch
+):
+    from pipeline.training import loss as loss_module
+
+    real_loss = loss_module.DistillLoss.generator_loss
+    calls = {"n": 0}
+
+    def exploding(self, *a, **kw):
+        total, parts = real_loss(self, *a, **kw)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] == 5 else total), parts
+
+    monkeypatch.setattr(loss_module.DistillLoss, "generator_loss", exploding)
+    cfg = distill_cfg(steps=8, checkpoint_every=2)
+    with pytest.raises(DivergenceError, match=r"loss became nan at step 5.*step-00000004\.pt"):
+        distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
+    assert [p.name for p in checkpoint.snapshots(tmp_path / "snap")] == [
+        "step-00000002.pt", "step-00000004.pt"]
+
+
+def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one(
+    tiny_teacher, helper_nets, tmp_path
+):
+    cfg = distill_cfg(steps=4, checkpoint_every=2)
+    distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
+    newest = checkpoint.snapshots(tmp_path / "snap")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn write from another tool
+    longer = distill_cfg(steps=6, checkpoint_every=2)
+    result = distill(longer, tiny_teacher, "sha", tmp_path / "snap", *helper_nets,
+                     progress=False)
+    assert result.metrics["resumed_from_step"] == 2
+    for path in checkpoint.snapshots(tmp_path / "snap"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(PipelineError, match="no readable snapshot"):
+        distill(longer, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
+
+
+def test_snapshots_from_other_settings_are_moved_aside_not_resumed(
+    tiny_teacher, helper_nets, tmp_path
+):
+    distill(distill_cfg(steps=2, checkpoint_every=2), tiny_teacher, "sha", tmp_path / "snap",
+            *helper_nets, progress=False)
+    result = distill(distill_cfg(steps=2, checkpoint_every=2, lr=1e-4), tiny_teacher, "sha",
+                     tmp_path / "snap", *helper_nets, progress=False)
+    assert result.metrics["resumed_from_step"] == 0
+    assert len(list((tmp_path / "snap").glob("stale-*/step-*.pt"))) == 1
+
+
+def test_student_settings_that_do_not_fit_the_teacher_name_the_key(tiny_teacher):
+    with pytest.raises(PipelineError, match="distill.student does not fit the 32x32 teacher"):
+        student_config(distill_cfg(student={"channels": {4: 8, 8: 8}}), tiny_teacher)
+
+
+def test_an_empty_real_image_folder_fails_before_training(tmp_path):
+    from pipeline.data import RealImages
+
+    (tmp_path / "reals").mkdir()
+    with pytest.raises(PipelineError, match="no images"):
+        RealImages(tmp_path / "reals", 32)
+    (tmp_path / "reals" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(PipelineError, match="broken.png: unreadable image"):
+        RealImages(tmp_path / "reals", 32)
