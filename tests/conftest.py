@@ -46,6 +46,25 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     return uri
 
 
+def tiny_distill(**overrides) -> dict:
+    """A few-second distillation on the tiny teacher (stand-in LPIPS/Inception weights)."""
+    cfg = {
+        "steps": 8, "batch_size": 2, "ema_decay": 0.5, "style_mixing_prob": 0.5,
+        "loss": {"multiscale_perceptual": 0.5, "gan": 0.1},
+        "perceptual": {"net": "alex", "stand_in": True, "size": 32},
+        "features": {"stand_in": True},
+        "adversarial": {"channel_max": 16, "r1_every": 4},
+        "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
+        "checkpoint_every": 2, "log_every": 2,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
     """params.yaml content for a few-second pipeline run."""
     fetch = {
@@ -55,7 +74,7 @@ def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
         "samples": {"count": 4, "seed": 0, "truncation_psi": 0.7, "nrow": 2},
         **fetch_overrides,
     }
-    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch}
+    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill()}
 
 
 def copy_repo(dest: Path) -> Path:

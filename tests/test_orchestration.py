@@ -28,7 +28,7 @@ def run(cmd: list[str], cwd, env, timeout=600) -> subprocess.CompletedProcess:
     return result
 
 
-def test_dvc_repro_runs_fetch_teacher_and_a_second_repro_is_a_no_op(repo, tmp_path):
+def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_path):
     env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         STYLEGAN_MOBILE_RUN_GROUP="test-group")
     run([f"{ENV_BIN}/dvc", "repro"], repo, env)
@@ -36,6 +36,10 @@ def test_dvc_repro_runs_fetch_teacher_and_a_second_repro_is_a_no_op(repo, tmp_pa
     assert metrics["resolution"] == 32 and metrics["params"] > 0
     assert (repo / "artifacts/teacher/teacher.safetensors").exists()
     assert "fetch_teacher" in (repo / "dvc.lock").read_text()
+    distilled = json.loads((repo / "metrics/distill.json").read_text())
+    assert distilled["steps"] == 8 and distilled["stand_in_lpips"] == 1
+    assert (repo / "artifacts/student/student.safetensors").exists()
+    assert (repo / "plots/distill/validation.csv").exists()
 
     again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     assert "didn't change, skipping" in again.stdout + again.stderr
@@ -43,24 +47,34 @@ def test_dvc_repro_runs_fetch_teacher_and_a_second_repro_is_a_no_op(repo, tmp_pa
     shown = json.loads(run([f"{ENV_BIN}/dvc", "metrics", "show", "--json"], repo, env).stdout)
     (workspace,) = shown.values()  # keyed by revision; the workspace's key is ""
     assert workspace["data"]["metrics/fetch_teacher.json"]["data"] == metrics
+    assert workspace["data"]["metrics/distill.json"]["data"]["steps"] == 8
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
-    roles = sorted(r.data.tags["role"] for r in runs)
-    assert roles == ["pipeline", "stage"]  # the no-op repro started no run
-    stage = next(r for r in runs if r.data.tags["role"] == "stage")
-    parent = next(r for r in runs if r.data.tags["role"] == "pipeline")
-    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert stage.data.tags["git_commit"] and parent.data.tags["run_group"] == "test-group"
+    stages = sorted(r.data.tags["stage"] for r in runs if r.data.tags["role"] == "stage")
+    assert stages == ["distill", "fetch_teacher"]  # the no-op repro started no run
+    (parent,) = [r for r in runs if r.data.tags["role"] == "pipeline"]
+    for stage in runs:
+        if stage.data.tags["role"] == "stage":
+            assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            assert stage.data.tags["git_commit"] and stage.info.status == "FINISHED"
+    assert parent.data.tags["run_group"] == "test-group"
+    distill_run = next(r for r in runs if r.data.tags.get("stage") == "distill")
+    assert "val/lpips_randinit" in distill_run.data.metrics
+    assert distill_run.data.tags["stand_in_weights"] == "true"
 
 
-def test_changing_a_fetch_param_reruns_the_stage(repo, tmp_path):
+def test_changing_a_param_reruns_its_stage_and_everything_downstream(repo, tmp_path):
     env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     first = (repo / "artifacts/teacher/metadata.json").read_text()
     run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "fetch_teacher.random.seed=7"], repo, env)
     second = json.loads((repo / "artifacts/teacher/metadata.json").read_text())
     assert second["random_seed"] == 7 and json.loads(first)["random_seed"] == 0
+    out = run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "distill.steps=10"], repo, env)
+    text = out.stdout + out.stderr
+    assert "Running stage 'distill'" in text and "Running stage 'fetch_teacher'" not in text
+    assert json.loads((repo / "metrics/distill.json").read_text())["steps"] == 10
 
 
 def test_airflow_dags_test_runs_the_nightly_dag_end_to_end(repo, tmp_path):
@@ -77,11 +91,12 @@ def test_airflow_dags_test_runs_the_nightly_dag_end_to_end(repo, tmp_path):
     result = run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22"],
                  repo, env)
     out = result.stdout + result.stderr
-    assert "fetch_teacher" in out
+    assert "fetch_teacher" in out and "distill" in out
     assert (repo / "metrics/fetch_teacher.json").exists()
+    assert (repo / "metrics/distill.json").exists()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
-    stage = next(r for r in runs if r.data.tags["role"] == "stage")
+    stage = next(r for r in runs if r.data.tags.get("stage") == "distill")
     assert stage.data.tags["airflow_dag_id"] == "stylegan_mobile_nightly"
     parent = next(r for r in runs if r.data.tags["role"] == "pipeline")
     assert parent.data.tags["run_group"].startswith("airflow-")

@@ -20,26 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.params import Distill, parse_params
 from pipeline.training import checkpoint
 from pipeline.training.loop import DivergenceError, distill, student_config
-from tests.conftest import REPO, env_with_venv, tiny_params
-
-
-def tiny_distill(**overrides) -> dict:
-    """A few-second distillation on the tiny teacher (stand-in LPIPS/Inception weights)."""
-    cfg = {
-        "steps": 8, "batch_size": 2, "ema_decay": 0.5, "style_mixing_prob": 0.5,
-        "loss": {"multiscale_perceptual": 0.5, "gan": 0.1},
-        "perceptual": {"net": "alex", "stand_in": True, "size": 32},
-        "features": {"stand_in": True},
-        "adversarial": {"channel_max": 16, "r1_every": 4},
-        "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
-        "checkpoint_every": 2, "log_every": 2,
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return cfg
+from tests.conftest import REPO, env_with_venv, tiny_distill, tiny_params
 
 
 def distill_cfg(**overrides) -> Distill:
