@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ def run_distill(
 
     result = distill(cfg, loaded.generator, sha256_file(teacher_path), snapshot_dir,
                      nets.lpips, nets.features, real, on_log, on_validate, progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes outputs
+        return result, result.metrics
     # The contract's names always; stand-in figures also under names that say so.
     metrics = {**result.metrics, **{_name(k, nets): v for k, v in result.metrics.items()},
                "stand_in_lpips": int(nets.lpips.stand_in),
