@@ -243,15 +243,14 @@ class MobileSynthesis(nn.Module):
 
     def forward(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         """Inference: only the last head runs."""
-        for x, head, w in self._features(wplus, noise):
-            pass
+        *_, (x, head, w) = self._features(wplus, noise)  # every level runs; one head does
         return head.to_image(head(x, w))
 
     def forward_all(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> StudentOutput:
         """Training: every level's head (auxiliary heads give deep supervision)."""
         heads = [head(x, w) for x, head, w in self._features(wplus, noise)]
         all_heads = [self.head1, *(level.head for level in self.levels)]
-        images = [h.to_image(o) for h, o in zip(all_heads, heads)]
+        images = [h.to_image(o) for h, o in zip(all_heads, heads, strict=True)]
         return StudentOutput(images[-1], heads, images)
 
 

@@ -78,7 +78,7 @@ class DistillLoss:
         w = self.w
         parts: dict[str, torch.Tensor] = {}
         wl1 = wl2 = pl1 = pl2 = out.image.new_zeros(())
-        for head, image in zip(out.heads, out.images):
+        for head, image in zip(out.heads, out.images, strict=True):
             t = downsample(target.image, image.shape[-1])
             if wavelet_heads:
                 wt = dwt(t)

@@ -1,9 +1,7 @@
 """Project (safetensors) and rosinality (.pt) checkpoints: round trips and bad input."""
 
 import argparse
-import io
 import os
-import pickle
 
 import pytest
 import torch

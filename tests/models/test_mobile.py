@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline.models.mobile import (
-    ModulatedDWConv2d,
     MobileSynthesis,
+    ModulatedDWConv2d,
     StudentConfig,
     fold_demodulation,
 )
