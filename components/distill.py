@@ -44,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.log_metrics(metrics)
                 tracker.set_tags({"stand_in_weights": str(bool(
                     metrics["stand_in_lpips"] or metrics["stand_in_features"])).lower()})
-                for path in (f"{args.out}/samples.png", f"{args.out}/metadata.json",
-                             f"{args.plots}", args.metrics):
-                    if os.path.exists(path):
-                        tracker.log_artifact(path, "distill")
+                for path, where in ((args.out, "distill"), (args.plots, "distill/plots"),
+                                    (args.metrics, "distill")):
+                    tracker.log_artifact(path, where)
 
         if not main_rank:  # only rank 0 talks to MLflow
             return run()

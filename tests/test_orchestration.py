@@ -62,6 +62,8 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     distill_run = next(r for r in runs if r.data.tags.get("stage") == "distill")
     assert "val/lpips_randinit" in distill_run.data.metrics
     assert distill_run.data.tags["stand_in_weights"] == "true"
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(distill_run.info.run_id, "distill")}
+    assert {"distill/student.safetensors", "distill/samples.png", "distill/plots"} <= logged
 
 
 def test_changing_a_param_reruns_its_stage_and_everything_downstream(repo, tmp_path):
