@@ -5,7 +5,7 @@ grad scaler, the sampling RNG and the validation history, plus a digest of the
 settings that shape training. Written atomically (temp file + rename), so a run
 killed at any moment, even by SIGKILL, leaves only complete snapshots; read with
 ``weights_only=True``. The newest two are kept: if the newest is unreadable the
-previous one is used. Snapshots from different settings (another teacher, other
+previous one is used. Snapshots from different settings (another teacher, other code,
 hyper-parameters) are never resumed: they are moved aside into ``stale-<digest>/``
 and training starts fresh. If snapshots exist but none can be read, loading fails
 rather than silently restarting a long run.
@@ -70,7 +70,7 @@ def load_latest(folder: str | Path, digest: str) -> dict[str, Any] | None:
             for old in candidates:
                 if old.exists():
                     os.replace(old, stale / old.name)
-            log.warning("snapshots in %s were made with other settings or another teacher; "
+            log.warning("snapshots in %s were made with other settings, teacher or training code; "
                         "moved to %s, starting fresh", folder, stale)
             return None
         log.info("resuming from %s (step %d)", path, state["step"])

@@ -59,11 +59,25 @@ def student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
         ) from None
 
 
+# The code that decides what training computes: a snapshot made by other code is not resumed.
+_TRAINING_CODE = ("training", "models", "metrics")
+
+
+def code_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for d in _TRAINING_CODE for p in (root / d).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def settings_digest(cfg: Distill, teacher_sha256: str, world: int) -> str:
-    """What a snapshot must agree on to be resumed: everything but the run length and cadence."""
+    """What a snapshot must agree on to be resumed: the settings (all but the run length and
+    cadence), the teacher, the number of processes and the training code."""
     data = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "log_every"})
     data["validation"].pop("every")
-    blob = json.dumps({"distill": data, "teacher": teacher_sha256, "world": world}, sort_keys=True)
+    blob = json.dumps({"distill": data, "teacher": teacher_sha256, "world": world,
+                       "code": code_digest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -175,3 +175,16 @@ def test_an_empty_real_image_folder_fails_before_training(tmp_path):
     (tmp_path / "reals" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(PipelineError, match="broken.png: unreadable image"):
         RealImages(tmp_path / "reals", 32)
+
+
+def test_snapshots_made_by_other_training_code_are_not_resumed(
+    tiny_teacher, helper_nets, tmp_path, monkeypatch
+):
+    from pipeline.training import loop
+
+    distill(distill_cfg(steps=2, checkpoint_every=2), tiny_teacher, "sha", tmp_path / "snap",
+            *helper_nets, progress=False)
+    monkeypatch.setattr(loop, "code_digest", lambda: "changed-training-code")
+    result = distill(distill_cfg(steps=2, checkpoint_every=2), tiny_teacher, "sha",
+                     tmp_path / "snap", *helper_nets, progress=False)
+    assert result.metrics["resumed_from_step"] == 0
