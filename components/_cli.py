@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from pipeline.errors import PipelineError
+
+CACHE_ENV = "STYLEGAN_MOBILE_CACHE"
 
 
 def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
@@ -15,6 +18,10 @@ def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get(CACHE_ENV, ".cache/teachers"),
+        help=f"download cache for checkpoints and weights (default: ${CACHE_ENV} or %(default)s)",
+    )
     return parser
 
 

@@ -17,7 +17,6 @@ from pipeline.io import write_json
 from pipeline.params import load_params
 
 from ._cli import run_stage, stage_parser
-from .fetch_teacher import CACHE_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="artifacts/student", help="output folder")
     parser.add_argument("--snapshots", default="checkpoints/distill", help="resumable snapshots")
     parser.add_argument("--plots", default="plots/distill", help="loss/validation CSV folder")
-    parser.add_argument("--cache-dir", default=os.environ.get(CACHE_ENV, ".cache/teachers"))
     args = parser.parse_args(argv)
     main_rank = os.environ.get("RANK", "0") == "0"
 

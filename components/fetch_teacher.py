@@ -6,7 +6,6 @@ and ``metrics/fetch_teacher.json``; logs everything to MLflow.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from pipeline import tracking
@@ -16,16 +15,10 @@ from pipeline.teacher import METADATA_FILE, SAMPLES_FILE, fetch_teacher
 
 from ._cli import run_stage, stage_parser
 
-CACHE_ENV = "STYLEGAN_MOBILE_CACHE"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("fetch_teacher", __doc__)
     parser.add_argument("--out", default="artifacts/teacher", help="output folder")
-    parser.add_argument(
-        "--cache-dir", default=os.environ.get(CACHE_ENV, ".cache/teachers"),
-        help=f"download cache (default: ${CACHE_ENV} or %(default)s)",
-    )
     args = parser.parse_args(argv)
 
     def stage() -> None:

@@ -55,16 +55,12 @@ def _on_failure(context) -> None:
 
         experiment_id = tracking.setup(root=REPO)
         client = mlflow.MlflowClient()
-        group = f"airflow-{context['run_id']}"
-        runs = client.search_runs(
-            [experiment_id], f"tags.run_group = '{group}' and tags.role = 'pipeline'",
-            max_results=1,
-        )
+        parent = tracking.find_pipeline_run(client, experiment_id, f"airflow-{context['run_id']}")
         ti = context["task_instance"]
         message = f"{ti.task_id} failed (try {ti.try_number}): {context.get('exception')}"[:500]
-        if runs:
-            client.set_tag(runs[0].info.run_id, f"airflow_failure.{ti.task_id}", message)
-            client.set_terminated(runs[0].info.run_id, "FAILED")
+        if parent:
+            client.set_tag(parent, f"airflow_failure.{ti.task_id}", message)
+            client.set_terminated(parent, "FAILED")
     except Exception as e:  # never mask the task's own failure
         print(f"could not record the failure in MLflow: {e}", file=sys.stderr)
 

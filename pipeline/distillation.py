@@ -78,6 +78,7 @@ def run_distill(
 ) -> tuple[DistillResult, dict[str, Any]]:
     """Run the stage; returns the result and the metrics (names say if stand-ins were used)."""
     loaded = load_teacher(teacher_path)
+    teacher_sha256 = sha256_file(teacher_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     nets = helper_networks(cfg, cache_dir, device)
     real = None
@@ -96,7 +97,7 @@ def run_distill(
         if tracker:
             tracker.log_metrics({f"val/{_name(k, nets)}": v for k, v in figures.items()}, step=step)
 
-    result = distill(cfg, loaded.generator, sha256_file(teacher_path), snapshot_dir,
+    result = distill(cfg, loaded.generator, teacher_sha256, snapshot_dir,
                      nets.lpips, nets.features, real, on_log, on_validate, progress)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes outputs
         return result, result.metrics
@@ -106,7 +107,7 @@ def run_distill(
                "stand_in_features": int(nets.features.stand_in)}
     with atomic_dir(out_dir) as tmp:
         save_student(result.student, tmp / STUDENT_FILE, {
-            "teacher_sha256": sha256_file(teacher_path), "steps": str(cfg.steps), "ema": "true"})
+            "teacher_sha256": teacher_sha256, "steps": str(cfg.steps), "ema": "true"})
         if "last" in grids:
             save_grid(grids["last"], tmp / "samples.png", nrow=len(grids["last"]) // 2)
         write_json(tmp / "metadata.json", {

@@ -91,15 +91,20 @@ def params_digest(params: BaseModel | Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _parent_run_id(client, experiment_id: str, group: str, tags: dict[str, str]) -> str:
-    """Find the pipeline's parent run for this group key, or create it."""
+def find_pipeline_run(client, experiment_id: str, group: str) -> str | None:
+    """The id of the parent run of the pipeline run ``group``, if it exists."""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.run_group = '{group}' and tags.role = 'pipeline'",
         max_results=1,
     )
-    if found:
-        return found[0].info.run_id
+    return found[0].info.run_id if found else None
+
+
+def _parent_run_id(client, experiment_id: str, group: str, tags: dict[str, str]) -> str:
+    """Find the pipeline's parent run for this group key, or create it."""
+    if (run_id := find_pipeline_run(client, experiment_id, group)) is not None:
+        return run_id
     run = client.create_run(
         experiment_id, run_name=f"pipeline {group}",
         tags={**tags, "role": "pipeline", "run_group": group},

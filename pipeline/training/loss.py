@@ -78,8 +78,8 @@ class DistillLoss:
         w = self.w
         parts: dict[str, torch.Tensor] = {}
         wl1 = wl2 = pl1 = pl2 = out.image.new_zeros(())
-        for head, image in zip(out.heads, out.images, strict=True):
-            t = downsample(target.image, image.shape[-1])
+        pyramid = [downsample(target.image, image.shape[-1]) for image in out.images]
+        for head, image, t in zip(out.heads, out.images, pyramid, strict=True):
             if wavelet_heads:
                 wt = dwt(t)
                 wl1 = wl1 + (head - wt).abs().mean()
@@ -94,8 +94,8 @@ class DistillLoss:
             parts["perceptual"] = self._lpips(out.image, target.image)
             total = total + w.perceptual * parts["perceptual"]
         if w.multiscale_perceptual:
-            levels = [self._lpips(img, downsample(target.image, img.shape[-1]))
-                      for img in out.images[:-1] if img.shape[-1] >= 16]
+            levels = [self._lpips(img, t) for img, t in zip(out.images[:-1], pyramid[:-1], strict=True)
+                      if img.shape[-1] >= 16]
             if levels:
                 parts["multiscale_perceptual"] = torch.stack(levels).mean()
                 total = total + w.multiscale_perceptual * parts["multiscale_perceptual"]
