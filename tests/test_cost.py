@@ -16,59 +16,32 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchprofile import profile_macs
 
 from pipeline.cost import _main, count, default_channels
+from pipeline.models.elastic import subnet
 from pipeline.models.mobile import (
     Head,
     IDWTUpsample,
     MobileSynthesis,
     ModulatedDWConv2d,
     StudentConfig,
-    StyledDWConv,
     fold_demodulation,
 )
-from pipeline.models.stylegan2 import (
-    ConstantInput,
-    Generator,
-    ModulatedConv2d,
-    StyledConv,
-    StyleGAN2Config,
-    ToRGB,
-    resolutions,
-)
+from pipeline.models.stylegan2 import Generator, ModulatedConv2d, StyleGAN2Config, resolutions
 
 REPO = Path(__file__).resolve().parents[1]
 D, N_MLP = 16, 2
 
 
-def build_teacher(res: int, ch: list[int]) -> Generator:
-    """A generator with per-layer channels (Anycost list), by swapping its modules."""
-    g = Generator(StyleGAN2Config(resolution=res, style_dim=D, n_mlp=N_MLP,
-                                  channels={r: 4 for r in resolutions(res)}))
-    g.input, g.conv1 = ConstantInput(ch[0]), StyledConv(ch[0], ch[1], D)
-    g.to_rgb1 = ToRGB(ch[1], D, upsample=False)
-    cin = ch[1]
-    for b in range(len(g.to_rgbs)):
-        a, c = ch[2 + 2 * b], ch[3 + 2 * b]
-        g.convs[2 * b], g.convs[2 * b + 1] = StyledConv(cin, a, D, True), StyledConv(a, c, D)
-        g.to_rgbs[b], cin = ToRGB(c, D), c
-    return g.eval()
-
-
-def build_student(res: int, ch: list[int]) -> MobileSynthesis:
-    """A folded (inference) student with per-layer channels."""
-    s = MobileSynthesis(StudentConfig(resolution=res, style_dim=D,
-                                      channels={r: 4 for r in resolutions(res // 2)}))
-    s.input, s.conv1 = ConstantInput(ch[0]), StyledDWConv(ch[0], ch[1], D, "fused")
-    s.head1, cin = Head(ch[1], D, "wavelet"), ch[1]
-    for b, level in enumerate(s.levels):
-        a, c = ch[2 + 2 * b], ch[3 + 2 * b]
-        level.up, level.head = IDWTUpsample(cin, D), Head(c, D, "wavelet")
-        level.conv1, level.conv2 = StyledDWConv(cin // 4, a, D, "fused"), StyledDWConv(a, c, D, "fused")
-        cin = c
-    return fold_demodulation(s).eval()
-
-
 def build(arch: str, res: int, ch: list[int]) -> nn.Module:
-    return build_teacher(res, ch) if arch == "teacher" else build_student(res, ch)
+    """A sub-network with per-layer channels ``ch`` (the cost lists' layout), sliced by
+    pipeline.models.elastic.subnet from a full network 16 channels wide (the student
+    folded, as at inference)."""
+    if arch == "teacher":
+        full = Generator(StyleGAN2Config(resolution=res, style_dim=D, n_mlp=N_MLP,
+                                         channels={r: 16 for r in resolutions(res)}))
+        return subnet(full, ch).eval()
+    full = MobileSynthesis(StudentConfig(resolution=res, style_dim=D,
+                                         channels={r: 16 for r in resolutions(res // 2)}))
+    return fold_demodulation(subnet(full, ch)).eval()
 
 
 def n_list(arch: str, res: int) -> int:

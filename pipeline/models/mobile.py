@@ -46,6 +46,11 @@ class StudentConfig(BaseModel):
     channels: dict[int, int] = Field(description="feature channels per feature resolution 4..R/2")
     demodulation: Literal["exact", "fused"] = "fused"
     head: Literal["wavelet", "uptorgb"] = "wavelet"
+    widths: list[int] | None = Field(
+        None, description="a sub-network's channels, first-k of each layer (conv_widths' "
+        "layout); None = the full network. ``channels`` stays the full network's: its "
+        "fan-ins fix the equalized-lr scales, so a sub-network computes with the same weights",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StudentConfig:
@@ -58,12 +63,22 @@ class StudentConfig(BaseModel):
                 f"channels must have keys {expected} (feature resolutions 4..{r // 2}), "
                 f"got {sorted(self.channels)}"
             )
-        bad = {k: c for k, c in self.channels.items() if c <= 0 or (k > 4 and c % 4)}
-        if self.channels[4] <= 0 or bad:
+        bad = {k: c for k, c in self.channels.items() if c <= 0 or (k < r // 2 and c % 4)}
+        if bad:
             raise ValueError(
-                f"channels must be positive and, above 4x4, multiples of 4 (IDWT splits "
-                f"them into 4 subbands), got {bad}"
+                f"channels must be positive and, where they enter a level (below {r // 2}), "
+                f"multiples of 4 (IDWT splits them into 4 subbands), got {bad}"
             )
+        if self.widths is not None:
+            full = self.full_widths
+            if len(self.widths) != len(full) or not all(
+                0 < w <= f for w, f in zip(self.widths, full, strict=True)
+            ):
+                raise ValueError(f"widths must be {len(full)} channel counts, each in [1, full] "
+                                 f"with full = {full}, got {self.widths}")
+            if any(w % 4 for w in self.widths[1:-1:2]):
+                raise ValueError(f"widths entering a level (entries 1, 3, 5, ...) must be "
+                                 f"multiples of 4 (IDWT subbands), got {self.widths}")
         return self
 
     @classmethod
@@ -81,6 +96,15 @@ class StudentConfig(BaseModel):
         return resolutions(self.resolution // 2)
 
     @property
+    def full_widths(self) -> list[int]:
+        return conv_widths(self.channels)
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """The channels this network runs: ``widths`` or, for the full network, full_widths."""
+        return self.widths or self.full_widths
+
+    @property
     def n_latent_used(self) -> int:
         """W+ entries read (the teacher's first n_latent - 2)."""
         return 2 * len(self.levels)
@@ -90,19 +114,27 @@ class StudentConfig(BaseModel):
         return 2 * len(self.levels) - 1
 
 
+def conv_widths(channels: dict[int, int]) -> list[int]:
+    """The student's per-layer channel list (pipeline/cost.py's convention): the constant
+    input's channels, conv1's output at 4x4, then conv1 and conv2 outputs of every level
+    (2 log2(R) - 4 entries; 16 at 1024). Entries 1, 3, 5, ... enter a level's IDWT."""
+    return [channels[r] for r in sorted(channels) for _ in (0, 1)]
+
+
 class ModulatedDWConv2d(nn.Module):
     """Modulated depthwise-separable conv with exact, fused (constant) or no demodulation."""
 
     def __init__(
         self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int = 3,
-        demodulation: Demodulation = "fused",
+        demodulation: Demodulation = "fused", fan_in: int | None = None,
     ) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.padding = in_ch, out_ch, kernel_size // 2
         self.weight_dw = nn.Parameter(torch.randn(in_ch, 1, kernel_size, kernel_size))
         self.weight_pw = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
-        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        # fan_in: the full network's input channels when this is a sub-network's slice.
+        self.scale = 1.0 / math.sqrt((fan_in or in_ch) * kernel_size**2)
         self.demodulation = demodulation
         if demodulation == "fused":
             # Stands in for s inside sigma; init 1 = the modulation's bias init.
@@ -139,9 +171,10 @@ class ModulatedDWConv2d(nn.Module):
 class StyledDWConv(nn.Module):
     """Modulated DW-separable conv -> noise -> bias + leaky ReLU (as the teacher's StyledConv)."""
 
-    def __init__(self, in_ch: int, out_ch: int, style_dim: int, demodulation: Demodulation) -> None:
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, demodulation: Demodulation,
+                 fan_in: int | None = None) -> None:
         super().__init__()
-        self.conv = ModulatedDWConv2d(in_ch, out_ch, style_dim, 3, demodulation)
+        self.conv = ModulatedDWConv2d(in_ch, out_ch, style_dim, 3, demodulation, fan_in)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch)
 
@@ -150,14 +183,21 @@ class StyledDWConv(nn.Module):
 
 
 class IDWTUpsample(nn.Module):
-    """x2 up-sampling without weights: modulate, read 4C channels as Haar subbands, IDWT -> C."""
+    """x2 up-sampling without weights: modulate, read 4C channels as Haar subbands, IDWT -> C.
+
+    Channel-major: input channels 4c..4c+3 are the LL, LH, HL, HH bands of output channel
+    c, so a sub-network's first 4k channels are exactly the bands of its first k outputs.
+    """
 
     def __init__(self, channels: int, style_dim: int) -> None:
         super().__init__()
         self.modulation = EqualLinear(style_dim, channels, bias_init=1.0)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return idwt(x * self.modulation(w)[:, :, None, None])
+        x = x * self.modulation(w)[:, :, None, None]
+        b, c4, h, width = x.shape
+        x = x.view(b, c4 // 4, 4, h, width)
+        return idwt(torch.cat([x[:, :, 0], x[:, :, 1:].flatten(1, 2)], 1))  # idwt's layout
 
 
 class Head(nn.Module):
@@ -167,14 +207,14 @@ class Head(nn.Module):
     ``uptorgb`` (BlazeStyleGAN): RGB at the feature resolution, bilinearly up-sampled x2.
     """
 
-    def __init__(self, in_ch: int, style_dim: int, kind: str) -> None:
+    def __init__(self, in_ch: int, style_dim: int, kind: str, fan_in: int | None = None) -> None:
         super().__init__()
         self.kind = kind
         out = WAVELET_CHANNELS if kind == "wavelet" else 3
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out, in_ch, 1, 1))
         self.bias = nn.Parameter(torch.zeros(out))
-        self.scale = 1.0 / math.sqrt(in_ch)
+        self.scale = 1.0 / math.sqrt(fan_in or in_ch)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = x * (self.scale * self.modulation(w))[:, :, None, None]
@@ -187,14 +227,18 @@ class Head(nn.Module):
 
 
 class Level(nn.Module):
-    """One student level: IDWT up-sampling, two styled DW-separable convs, a head."""
+    """One student level: IDWT up-sampling, two styled DW-separable convs, a head.
 
-    def __init__(self, in_ch: int, out_ch: int, style_dim: int, cfg: StudentConfig) -> None:
+    ``w``: channels in (before the IDWT), after conv1, after conv2; ``f``: the full network's.
+    """
+
+    def __init__(self, w: tuple[int, int, int], f: tuple[int, int, int], cfg: StudentConfig) -> None:
         super().__init__()
-        self.up = IDWTUpsample(in_ch, style_dim)
-        self.conv1 = StyledDWConv(in_ch // 4, out_ch, style_dim, cfg.demodulation)
-        self.conv2 = StyledDWConv(out_ch, out_ch, style_dim, cfg.demodulation)
-        self.head = Head(out_ch, style_dim, cfg.head)
+        d = cfg.style_dim
+        self.up = IDWTUpsample(w[0], d)
+        self.conv1 = StyledDWConv(w[0] // 4, w[1], d, cfg.demodulation, f[0] // 4)
+        self.conv2 = StyledDWConv(w[1], w[2], d, cfg.demodulation, f[1])
+        self.head = Head(w[2], d, cfg.head, f[2])
 
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor]
@@ -217,12 +261,14 @@ class MobileSynthesis(nn.Module):
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        ch, d = cfg.channels, cfg.style_dim
-        self.input = ConstantInput(ch[4])
-        self.conv1 = StyledDWConv(ch[4], ch[4], d, cfg.demodulation)
-        self.head1 = Head(ch[4], d, cfg.head)
+        # w: the channels each layer runs; f: the full network's (fan-ins of the scales).
+        w, f, d = cfg.layer_widths, cfg.full_widths, cfg.style_dim
+        self.input = ConstantInput(w[0])
+        self.conv1 = StyledDWConv(w[0], w[1], d, cfg.demodulation, f[0])
+        self.head1 = Head(w[1], d, cfg.head, f[1])
         self.levels = nn.ModuleList(
-            Level(ch[r // 2], ch[r], d, cfg) for r in cfg.levels[1:]
+            Level((w[i - 1], w[i], w[i + 1]), (f[i - 1], f[i], f[i + 1]), cfg)
+            for i in range(2, len(w), 2)
         )
 
     def _features(self, wplus: torch.Tensor, noise: list[torch.Tensor]):

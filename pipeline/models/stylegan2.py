@@ -43,6 +43,12 @@ def resolutions(resolution: int) -> list[int]:
     return [2**i for i in range(2, int(math.log2(resolution)) + 1)]
 
 
+def conv_widths(channels: dict[int, int], resolution: int) -> list[int]:
+    """Anycost GAN's per-layer channel list: the constant input's channels, then the output
+    channels of every 3x3 modulated conv in order (2 log2(R) - 2 entries, 18 at 1024)."""
+    return [channels[4]] + [channels[r] for r in resolutions(resolution) for _ in (0, 1)][1:]
+
+
 class StyleGAN2Config(BaseModel):
     """Architecture of a StyleGAN2 generator; stored as JSON beside the weights."""
 
@@ -56,6 +62,11 @@ class StyleGAN2Config(BaseModel):
     conv_clamp: float | None = Field(
         None, gt=0, description="clamp of activations (NVIDIA's conv_clamp; None = off)"
     )
+    widths: list[int] | None = Field(
+        None, description="a sub-network's channels, first-k of each layer (conv_widths' "
+        "layout); None = the full network. ``channels`` stays the full network's: its "
+        "fan-ins fix the equalized-lr scales, so a sub-network computes with the same weights",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StyleGAN2Config:
@@ -67,6 +78,13 @@ class StyleGAN2Config(BaseModel):
             raise ValueError(f"channels must have keys {expected}, got {sorted(self.channels)}")
         if any(c <= 0 for c in self.channels.values()):
             raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.widths is not None:
+            full = conv_widths(self.channels, r)
+            if len(self.widths) != len(full) or not all(
+                0 < w <= f for w, f in zip(self.widths, full, strict=True)
+            ):
+                raise ValueError(f"widths must be {len(full)} channel counts, each in [1, full] "
+                                 f"with full = {full}, got {self.widths}")
         return self
 
     @classmethod
@@ -88,6 +106,15 @@ class StyleGAN2Config(BaseModel):
     @property
     def log_size(self) -> int:
         return int(math.log2(self.resolution))
+
+    @property
+    def full_widths(self) -> list[int]:
+        return conv_widths(self.channels, self.resolution)
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """The channels this network runs: ``widths`` or, for the full network, full_widths."""
+        return self.widths or self.full_widths
 
     @property
     def n_latent(self) -> int:
@@ -169,13 +196,14 @@ class ModulatedConv2d(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int,
-        demodulate: bool = True, upsample: bool = False,
+        demodulate: bool = True, upsample: bool = False, fan_in: int | None = None,
     ) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
-        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        # fan_in: the full network's input channels when this is a sub-network's slice.
+        self.scale = 1.0 / math.sqrt((fan_in or in_ch) * kernel_size**2)
         self.demodulate = demodulate
         self.upsample = upsample
         if upsample:
@@ -232,10 +260,10 @@ class StyledConv(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int, style_dim: int, upsample: bool = False,
-        clamp: float | None = None,
+        clamp: float | None = None, fan_in: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
+        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample, fan_in=fan_in)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch, clamp)
 
@@ -247,12 +275,13 @@ class ToRGB(nn.Module):
     """1x1 modulated conv without demodulation, plus the up-sampled RGB of the block before."""
 
     def __init__(
-        self, in_ch: int, style_dim: int, upsample: bool = True, clamp: float | None = None
+        self, in_ch: int, style_dim: int, upsample: bool = True, clamp: float | None = None,
+        fan_in: int | None = None,
     ) -> None:
         super().__init__()
         if upsample:
             self.upsample = Upsample()
-        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False, fan_in=fan_in)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.clamp = clamp
 
@@ -286,22 +315,23 @@ class Generator(nn.Module):
     def __init__(self, cfg: StyleGAN2Config) -> None:
         super().__init__()
         self.cfg = cfg
-        d, ch, clamp = cfg.style_dim, cfg.channels, cfg.conv_clamp
+        d, clamp = cfg.style_dim, cfg.conv_clamp
         self.style = nn.Sequential(
             PixelNorm(),
             *[EqualLinear(d, d, lr_mul=cfg.lr_mlp, activate=True) for _ in range(cfg.n_mlp)],
         )
-        self.input = ConstantInput(ch[4])
-        self.conv1 = StyledConv(ch[4], ch[4], d, clamp=clamp)
-        self.to_rgb1 = ToRGB(ch[4], d, upsample=False, clamp=clamp)
+        # w: the channels each layer runs; f: the full network's (fan-ins of the scales).
+        w, f = cfg.layer_widths, cfg.full_widths
+        self.input = ConstantInput(w[0])
+        self.conv1 = StyledConv(w[0], w[1], d, clamp=clamp, fan_in=f[0])
+        self.to_rgb1 = ToRGB(w[1], d, upsample=False, clamp=clamp, fan_in=f[1])
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
-        in_ch = ch[4]
-        for res in resolutions(cfg.resolution)[1:]:
-            self.convs.append(StyledConv(in_ch, ch[res], d, upsample=True, clamp=clamp))
-            self.convs.append(StyledConv(ch[res], ch[res], d, clamp=clamp))
-            self.to_rgbs.append(ToRGB(ch[res], d, clamp=clamp))
-            in_ch = ch[res]
+        for i in range(2, len(w), 2):  # one block per resolution 8..R: convs i, i + 1
+            self.convs.append(StyledConv(w[i - 1], w[i], d, upsample=True, clamp=clamp,
+                                         fan_in=f[i - 1]))
+            self.convs.append(StyledConv(w[i], w[i + 1], d, clamp=clamp, fan_in=f[i]))
+            self.to_rgbs.append(ToRGB(w[i + 1], d, clamp=clamp, fan_in=f[i + 1]))
         # Fixed per-layer noise for noise_mode="const" (deterministic output).
         self.noises = nn.Module()
         for i, r in enumerate(cfg.noise_resolutions()):
