@@ -180,6 +180,55 @@ class Distill(Section):
     seed: Annotated[int, Field(ge=0)] = 0
 
 
+class ExportParity(Section):
+    """Every exported file run in its runtime against the PyTorch student on fixed inputs;
+    errors in output units (``output_range``), LPIPS on [-1, 1] images."""
+
+    samples: Annotated[int, Field(ge=1, le=64)] = 4
+    seed: Annotated[int, Field(ge=0)] = 0
+    max_abs_err: Annotated[float, Field(gt=0)] = 1e-3
+    lpips: Annotated[float, Field(gt=0)] = 0.01
+    fp16_max_abs_err: Annotated[float, Field(gt=0)] = 0.1
+    fp16_lpips: Annotated[float, Field(gt=0)] = 0.02
+
+
+class ExportRegistry(Section):
+    """The full student's ONNX model in the MLflow Model Registry."""
+
+    enabled: bool = True
+    name: str = Field("stylegan-mobile-student", min_length=1)
+
+
+class Export(Section):
+    """Mobile artifacts of the full student and of every searched configuration."""
+
+    formats: list[Literal["onnx", "pte", "coreml"]] = Field(
+        ["onnx", "pte", "coreml"], min_length=1, description="ONNX, ExecuTorch (XNNPACK), Core ML")
+    inputs: list[Literal["wplus", "w", "z"]] = Field(
+        ["wplus", "w", "z"], min_length=1, description="input variants; the first is the "
+        "primary one (metrics/export.json's top figures, the registered model)")
+    fp16: bool = Field(True, description="also write half-precision variants")
+    output_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="RGB range of the output image: [0, 1] or [-1, 1] (clamped)")
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="truncation built into the z input variant")
+    opset: Annotated[int, Field(ge=17, le=21)] = 18
+    require_ema: bool = Field(True, description="refuse a student checkpoint without EMA weights")
+    parity: ExportParity = ExportParity()
+    perceptual: Perceptual = Perceptual(net="alex")
+    registry: ExportRegistry = ExportRegistry()
+
+    @model_validator(mode="after")
+    def _check(self) -> Export:
+        for key in ("formats", "inputs"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} must not repeat entries, got {values}")
+        if tuple(self.output_range) not in ((0.0, 1.0), (-1.0, 1.0)):
+            raise ValueError(f"output_range must be [0, 1] or [-1, 1], got {list(self.output_range)}")
+        return self
+
+
 class Params(Section):
     """All of params.yaml. Later stages add their sections here."""
 
@@ -187,6 +236,7 @@ class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     fetch_teacher: FetchTeacher = FetchTeacher()
     distill: Distill = Distill()
+    export: Export = Export()
 
 
 def _format_error(e: ValidationError, origin: str) -> str:

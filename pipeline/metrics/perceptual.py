@@ -35,7 +35,8 @@ class LPIPS(nn.Module):
     (the distillation uses it as a loss)."""
 
     def __init__(self, net: Literal["vgg", "alex"] = "vgg", backbone_weights: str | Path | None = None,
-                 stand_in: bool = False, size: int | None = None, seed: int = 0) -> None:
+                 stand_in: bool = False, size: int | None = None, seed: int = 0,
+                 params_key: str = PARAMS_KEY) -> None:
         super().__init__()
         if net not in HUB_NAMES:
             raise PipelineError(f"LPIPS net must be one of {sorted(HUB_NAMES)}, got {net!r}")
@@ -43,7 +44,7 @@ class LPIPS(nn.Module):
 
         path = find_weights(backbone_weights, HUB_NAMES[net])
         if path is None and not stand_in:
-            raise missing_weights_error(f"the LPIPS {net} backbone", HUB_NAMES[net], PARAMS_KEY)
+            raise missing_weights_error(f"the LPIPS {net} backbone", HUB_NAMES[net], params_key)
         # Seeded: a stand-in backbone must be the same network in every run and process.
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" from lpips

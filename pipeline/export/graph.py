@@ -1,0 +1,281 @@
+"""Inference graphs of a student: what is exported (MobileStyleGAN's deployment form).
+
+:func:`build` turns a trained :class:`~pipeline.models.mobile.MobileSynthesis` (full
+or a :func:`~pipeline.models.elastic.subnet`) into an :class:`ExportModel` that
+computes the same image with fewer operations:
+
+* Demodulation: fused demodulation is folded into the pointwise weights
+  (:func:`~pipeline.models.mobile.fold_demodulation`); exact demodulation keeps its
+  per-style sigma, with its style-independent energy matrix precomputed.
+* Heads: only the last one. The auxiliary heads are not copied: their weights are
+  not in the graph at all.
+* Style-independent constants precomputed: the equalized-lr scales are multiplied
+  into the weights; the constant input goes through the first depthwise conv once
+  (depthwise convs commute with per-channel modulation: dw(c * s) = s * dw(c)); each
+  layer's bias moves into its pointwise conv; the leaky ReLU's sqrt(2) gain moves into
+  the next modulation; the last head's IDWT (a fixed mix of the
+  12 wavelet channels followed by a pixel shuffle) and the output range mapping are
+  multiplied into the head's 1x1 conv.
+* IDWT up-sampling inside the network: a fixed grouped 1x1 conv (the 4x4 Haar
+  matrix per channel) and a pixel shuffle, which XNNPACK, ONNX Runtime and Core ML
+  run as single ops (no reshapes or slices).
+* Noise: baked in. Each layer adds strength x the teacher's fixed noise map
+  (``Generator.make_noise(1, "const")``, the teacher's ``noise_mode="const"``), one
+  [1, 1, r, r] constant, so an input always gives the same image.
+
+Inputs (``kind``):
+
+* ``wplus``: ``wplus`` [B, n_latent, style_dim], the teacher's W+ layout (entries the
+  student does not read, the teacher's last block's, are accepted and ignored);
+* ``w``: ``w`` [B, style_dim], one style for every layer;
+* ``z``: ``z`` [B, style_dim], through the teacher's mapping network and truncation
+  towards its ``w_avg`` with a fixed psi (both bundled in the graph).
+
+Output: ``image`` [B, 3, R, R], RGB, NCHW, clamped to ``output_range`` ((0, 1):
+(x + 1) / 2 of the student's roughly [-1, 1] image; (-1, 1): the student's image).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.mobile import Head, IDWTUpsample, MobileSynthesis, StyledDWConv, fold_demodulation
+from ..models.stylegan2 import EqualLinear, Generator, PixelNorm
+from ..models.wavelets import idwt
+
+InputKind = Literal["wplus", "w", "z"]
+INPUT_KINDS: tuple[InputKind, ...] = ("wplus", "w", "z")
+SLOPE, GAIN = 0.2, math.sqrt(2.0)  # the leaky ReLU of FusedLeakyReLU
+
+
+def _const(t: torch.Tensor) -> nn.Parameter:
+    """A frozen constant of the graph (folded in float64, stored in float32)."""
+    return nn.Parameter(t.detach().float().clone(), requires_grad=False)
+
+
+def _affine(lin: EqualLinear, gain: float) -> tuple[nn.Parameter, nn.Parameter]:
+    """The style affine s = gain * lin(w) with its equalized-lr scales folded in."""
+    return (_const(lin.weight.double() * (lin.scale * gain)),
+            _const(lin.bias.double() * (lin.lr_mul * gain)))
+
+
+def _pixel_shuffle_mix(to_image, channels: int) -> torch.Tensor:
+    """The fixed linear map [out, in] from ``channels`` wavelet channels to the pixel
+    shuffle's input: ``to_image`` applied to every basis vector, read back unshuffled."""
+    basis = torch.eye(channels, dtype=torch.float64).view(channels, channels, 1, 1)
+    return F.pixel_unshuffle(to_image(basis), 2).flatten(1).t()
+
+
+class StyledConv(nn.Module):
+    """x * s -> 3x3 depthwise -> 1x1 pointwise + bias [-> exact demodulation] -> + noise
+    -> leaky ReLU. The output lacks the sqrt(2) gain: the consumer's modulation has it."""
+
+    def __init__(self, layer: StyledDWConv, index: int, noise: torch.Tensor, gain_in: float,
+                 const_input: torch.Tensor | None = None) -> None:
+        super().__init__()
+        conv = layer.conv
+        self.index = index  # the W+ entry this layer reads
+        self.affine_weight, self.affine_bias = _affine(conv.modulation, conv.scale * gain_in)
+        dw = conv.weight_dw.double()
+        self.channels = conv.in_ch
+        # The constant input needs no depthwise conv at run time: dw(c * s) = s * dw(c).
+        self.const = None if const_input is None else _const(
+            F.conv2d(const_input.double(), dw, padding=conv.padding, groups=conv.in_ch))
+        self.weight_dw = _const(dw) if const_input is None else None
+        self.weight_pw = _const(conv.weight_pw.double())
+        self.exact = conv.demodulation == "exact"
+        if conv.demodulation == "fused":
+            raise ValueError("fold the fused demodulation first (fold_demodulation)")
+        if self.exact:  # sum_k (pw_ji dw_ik)^2, for s' = scale * gain_in * s
+            energy = conv.weight_pw.double().squeeze(-1).squeeze(-1).pow(2) * dw.pow(2).sum([1, 2, 3])
+            self.energy = _const(energy / gain_in**2)
+        self.bias = _const(layer.activate.bias.double())
+        strength = float(layer.noise.weight)
+        self.noise = None if strength == 0 else _const(strength * noise.double())
+
+    def forward(self, x: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
+        s = F.linear(w, self.affine_weight, self.affine_bias)
+        if self.const is not None:
+            x = self.const * s[:, :, None, None]
+        else:
+            x = F.conv2d(x * s[:, :, None, None], self.weight_dw, padding=1, groups=self.channels)
+        if self.exact:
+            x = F.conv2d(x, self.weight_pw) * torch.rsqrt(s.pow(2) @ self.energy.t() + 1e-8)[:, :, None, None]
+            x = x + self.bias[None, :, None, None]
+        else:
+            x = F.conv2d(x, self.weight_pw, self.bias)
+        if self.noise is not None:
+            x = x + self.noise
+        return F.leaky_relu(x, SLOPE)
+
+
+class Upsample(nn.Module):
+    """IDWT up-sampling: x * s, the Haar matrix as a grouped 1x1 conv, pixel shuffle."""
+
+    def __init__(self, up: IDWTUpsample, index: int, gain_in: float) -> None:
+        super().__init__()
+        self.index = index
+        self.affine_weight, self.affine_bias = _affine(up.modulation, gain_in)
+        self.groups = up.modulation.weight.shape[0] // 4
+
+        def band_idwt(x: torch.Tensor) -> torch.Tensor:  # the module itself, unmodulated
+            b, c4, h, w = x.shape
+            x = x.view(b, c4 // 4, 4, h, w)
+            return idwt(torch.cat([x[:, :, 0], x[:, :, 1:].flatten(1, 2)], 1))
+
+        mix = _pixel_shuffle_mix(band_idwt, 4)  # [4 pixels, 4 bands]
+        self.haar = _const(mix.repeat(self.groups, 1)[:, :, None, None])  # [4C, 4, 1, 1]
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x * F.linear(w, self.affine_weight, self.affine_bias)[:, :, None, None]
+        return F.pixel_shuffle(F.conv2d(x, self.haar, groups=self.groups), 2)
+
+
+class OutputHead(nn.Module):
+    """The last head: x * s -> 1x1 conv (IDWT mix and output range folded in) -> pixel
+    shuffle (wavelet) or bilinear x2 (UpToRGB) -> clamp to the output range."""
+
+    def __init__(self, head: Head, index: int, gain_in: float,
+                 output_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.index = index
+        self.kind = head.kind
+        self.affine_weight, self.affine_bias = _affine(head.modulation, head.scale * gain_in)
+        weight, bias = head.weight.double().flatten(1), head.bias.double()
+        if head.kind == "wavelet":
+            mix = _pixel_shuffle_mix(head.to_image, weight.shape[0])
+            weight, bias = mix @ weight, mix @ bias
+        # Images come out in [-1, 1]; (lo, hi) = alpha * x + beta. IDWT-then-shuffle and
+        # bilinear interpolation map a constant image to itself, so beta adds per pixel.
+        self.low, self.high = output_range
+        alpha, beta = (self.high - self.low) / 2, (self.high + self.low) / 2
+        self.weight = _const((alpha * weight)[:, :, None, None])
+        self.bias = _const(alpha * bias + beta)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x * F.linear(w, self.affine_weight, self.affine_bias)[:, :, None, None]
+        x = F.conv2d(x, self.weight, self.bias)
+        if self.kind == "wavelet":
+            x = F.pixel_shuffle(x, 2)
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return x.clamp(self.low, self.high)
+
+
+class Synthesis(nn.Module):
+    """The student's inference network: per-W+-entry styles in, image out."""
+
+    def __init__(self, student: MobileSynthesis, noise: Sequence[torch.Tensor],
+                 output_range: tuple[float, float]) -> None:
+        super().__init__()
+        student = fold_demodulation(student) if student.cfg.demodulation == "fused" else student
+        self.cfg = student.cfg
+        layers: list[nn.Module] = [StyledConv(student.conv1, 0, noise[0], 1.0,
+                                              const_input=student.input.input)]
+        for b, level in enumerate(student.levels):
+            i = 2 * b + 1  # the teacher's W+/noise index of the level's first conv
+            layers += [Upsample(level.up, i, GAIN),
+                       StyledConv(level.conv1, i, noise[i], 1.0),
+                       StyledConv(level.conv2, i + 1, noise[i + 1], GAIN)]
+        last = student.levels[-1].head if len(student.levels) else student.head1
+        self.layers = nn.ModuleList(layers)
+        self.head = OutputHead(last, self.cfg.n_latent_used - 1, GAIN, output_range)
+
+    def forward(self, ws: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``ws[i]``: the w [B, style_dim] of W+ entry i."""
+        x = None
+        for layer in self.layers:
+            x = layer(x, ws[layer.index])
+        return self.head(x, ws[self.head.index])
+
+
+class Mapping(nn.Module):
+    """The teacher's mapping network with truncation: z -> pixel norm -> linears (scales
+    folded, each leaky ReLU's gain in the next linear) -> w_avg + psi (w - w_avg)."""
+
+    def __init__(self, teacher: Generator, truncation_psi: float) -> None:
+        super().__init__()
+        layers = list(teacher.style)
+        if not isinstance(layers[0], PixelNorm) or not all(
+                isinstance(m, EqualLinear) and m.activate for m in layers[1:]):
+            raise ValueError("unexpected mapping network layout")
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for k, lin in enumerate(layers[1:]):  # the gain multiplies the input, not the bias
+            self.weights.append(_const(lin.weight.double() * (lin.scale * (GAIN if k else 1.0))))
+            self.biases.append(_const(lin.bias.double() * lin.lr_mul))
+        psi = float(truncation_psi)
+        self.out_scale = psi * GAIN
+        self.out_shift = _const((1 - psi) * teacher.w_avg.double())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            x = F.leaky_relu(F.linear(x, weight, bias), SLOPE)
+        return x * self.out_scale + self.out_shift
+
+
+class ExportModel(nn.Module):
+    """One exported network: ``kind`` input (wplus, w or z) -> image."""
+
+    def __init__(self, synthesis: Synthesis, kind: InputKind, n_latent: int,
+                 mapping: Mapping | None = None) -> None:
+        super().__init__()
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {INPUT_KINDS}, got {kind!r}")
+        if (kind == "z") != (mapping is not None):
+            raise ValueError("the z input needs the mapping network, and only it does")
+        self.synthesis, self.kind, self.n_latent, self.mapping = synthesis, kind, n_latent, mapping
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "wplus":
+            return self.synthesis(x.unbind(1))
+        w = self.mapping(x) if self.mapping is not None else x
+        return self.synthesis([w] * self.n_latent)
+
+    def input_shape(self, batch: int = 1) -> list[int]:
+        d = self.synthesis.cfg.style_dim
+        return [batch, self.n_latent, d] if self.kind == "wplus" else [batch, d]
+
+    @property
+    def resolution(self) -> int:
+        return self.synthesis.cfg.resolution
+
+
+@torch.no_grad()
+def build(student: MobileSynthesis, teacher: Generator, kind: InputKind,
+          output_range: tuple[float, float] = (0.0, 1.0), truncation_psi: float = 1.0) -> ExportModel:
+    """The exported network of ``student`` for input ``kind`` (see the module docstring).
+
+    ``teacher`` gives the W+ layout, the fixed noise and, for ``z``, the mapping network
+    and ``w_avg``; nothing else of it is used.
+    """
+    cfg, tcfg = student.cfg, teacher.cfg
+    if cfg.style_dim != tcfg.style_dim or cfg.n_latent_used > tcfg.n_latent:
+        raise ValueError(f"the student (style_dim {cfg.style_dim}, {cfg.n_latent_used} W+ entries) "
+                         f"does not fit the teacher (style_dim {tcfg.style_dim}, "
+                         f"{tcfg.n_latent} W+ entries)")
+    noise = teacher.make_noise(1, "const")
+    synthesis = Synthesis(student.cpu().float().eval(), [n.cpu() for n in noise], output_range)
+    mapping = Mapping(teacher.cpu().float().eval(), truncation_psi) if kind == "z" else None
+    return ExportModel(synthesis, kind, tcfg.n_latent, mapping).eval()
+
+
+@torch.no_grad()
+def reference(student: MobileSynthesis, teacher: Generator, kind: InputKind, x: torch.Tensor,
+              output_range: tuple[float, float] = (0.0, 1.0),
+              truncation_psi: float = 1.0) -> torch.Tensor:
+    """What an exported model must compute, from the training modules themselves: the
+    student (unfolded, every head built) on the teacher's W+ layout and fixed noise."""
+    if kind == "z":
+        x = teacher.truncate(teacher.mapping(x), truncation_psi)
+    wplus = x if kind == "wplus" else x[:, None].expand(-1, teacher.cfg.n_latent, -1)
+    image = student(wplus, teacher.make_noise(1, "const"))
+    low, high = output_range
+    return (image * (high - low) / 2 + (high + low) / 2).clamp(low, high)

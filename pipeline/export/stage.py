@@ -1,0 +1,326 @@
+"""The export stage: every model (the full student, and one per searched budget) in every
+format, each file checked against PyTorch, a card per model.
+
+    student (EMA) + teacher (W+ layout, fixed noise, mapping) + search configs
+      -> per model: sub-network (physically sliced) -> ExportModel per input variant
+      -> ONNX / ExecuTorch / Core ML, fp32 and fp16 -> parity -> card
+      -> export/<model>/ swapped in atomically, or nothing when any check fails
+
+Without ``configs.json`` (no search stage run) only ``full`` is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import cost
+from ..checkpoints import load_teacher
+from ..checkpoints.project import load_student
+from ..errors import PipelineError
+from ..io import atomic_dir, sha256_file
+from ..metrics.perceptual import LPIPS
+from ..metrics.weights import resolve_weights
+from ..models.mobile import MobileSynthesis
+from ..models.stylegan2 import Generator
+from ..params import Export
+from . import card as cards
+from .formats import FORMATS, RUNNERS, SUFFIX, Format, export, unavailable
+from .graph import InputKind, build, reference
+
+log = logging.getLogger(__name__)
+FULL = "full"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ExportError(PipelineError):
+    """Bad input to the export stage (a checkpoint, a configuration)."""
+
+
+class ParityError(PipelineError):
+    """An exported file does not reproduce PyTorch within the tolerances."""
+
+
+@dataclass
+class ModelSpec:
+    """One model to export: its name, the PyTorch network and the search figures."""
+
+    name: str
+    network: MobileSynthesis
+    search: dict[str, Any] = field(default_factory=dict)
+
+
+# -- inputs ----------------------------------------------------------------------------
+def load_inputs(cfg: Export, student_path: Path, teacher_path: Path) -> tuple[MobileSynthesis, Generator]:
+    student, header = load_student(student_path)
+    if cfg.require_ema and header.get("ema") != "true":
+        raise ExportError(f"{student_path}: not EMA weights (header ema={header.get('ema')!r}); "
+                          "export takes the distill stage's EMA student (or set "
+                          "export.require_ema: false)")
+    teacher = load_teacher(teacher_path).generator.eval()
+    if student.cfg.resolution != teacher.cfg.resolution or student.cfg.style_dim != teacher.cfg.style_dim:
+        raise ExportError(f"{student_path}: the student ({student.cfg.resolution}px, style_dim "
+                          f"{student.cfg.style_dim}) was not distilled from {teacher_path} "
+                          f"({teacher.cfg.resolution}px, style_dim {teacher.cfg.style_dim})")
+    return student, teacher
+
+
+def model_specs(student: MobileSynthesis, configs_path: Path | None) -> list[ModelSpec]:
+    """``full`` and, when ``configs_path`` exists, one sub-network per budget; a
+    configuration that does not fit the student is an ExportError naming it."""
+    if configs_path is None or not configs_path.is_file():
+        log.info("no search configurations (%s): exporting the full student only", configs_path)
+        return [ModelSpec(FULL, student)]
+    try:
+        data = json.loads(configs_path.read_text())
+        full, budgets = data.get("full", {}), data.get("budgets", {})
+        if not isinstance(full, dict) or not isinstance(budgets, dict):
+            raise TypeError("'full' and 'budgets' must be objects")
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ExportError(f"{configs_path}: not a search configuration file ({e})") from None
+    cfg = student.cfg
+    where = f"{configs_path}: the search ran on another student"
+    if data.get("resolution", cfg.resolution) != cfg.resolution:
+        raise ExportError(f"{where}: resolution {data.get('resolution')}, the student's is {cfg.resolution}")
+    if full.get("channels", cfg.full_widths) != cfg.full_widths:
+        raise ExportError(f"{where}: full channels {full.get('channels')}, the student's are "
+                          f"{cfg.full_widths}")
+    specs = [ModelSpec(FULL, student, {k: v for k, v in full.items() if k != "channels"})]
+    for name, entry in budgets.items():
+        if not NAME.match(name) or name == FULL:
+            raise ExportError(f"{configs_path}: budget name {name!r} cannot name a folder "
+                              f"(letters, digits, _ . -; not {FULL!r})")
+        specs.append(ModelSpec(name, sliced(student, entry, f"{configs_path}: budget {name!r}"),
+                               {k: v for k, v in entry.items() if k != "channels"}))
+    return specs
+
+
+def sliced(student: MobileSynthesis, entry: Any, where: str) -> MobileSynthesis:
+    """The physically sliced sub-network of a search configuration entry."""
+    try:
+        from ..models.elastic import subnet
+    except ImportError as e:  # the elastic module is the search issue's
+        raise ExportError(f"{where}: sub-networks need pipeline.models.elastic ({e})") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("channels"), list):
+        raise ExportError(f"{where}: expected {{'channels': [ints], 'resolution': int, ...}}, "
+                          f"got {entry!r}")
+    try:
+        return subnet(student, entry["channels"], entry.get("resolution")).eval()
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{where} does not fit the student "
+                          f"(channels {student.cfg.full_widths}, resolution "
+                          f"{student.cfg.resolution}): {e}") from None
+
+
+def parity_inputs(teacher: Generator, cfg: Export) -> dict[InputKind, torch.Tensor]:
+    """Fixed inputs of every variant from one seed: z, its truncated w, and a W+ that
+    mixes two styles (so each layer's entry matters)."""
+    g = torch.Generator().manual_seed(cfg.parity.seed)
+    n, d = cfg.parity.samples, teacher.cfg.style_dim
+    z, z_mix = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    with torch.no_grad():
+        w = teacher.truncate(teacher.mapping(z), cfg.truncation_psi)
+        w_mix = teacher.truncate(teacher.mapping(z_mix), cfg.truncation_psi)
+        wplus = teacher.broadcast(w, w_mix, teacher.cfg.n_latent // 2)
+    return {"z": z, "w": w, "wplus": wplus}
+
+
+def perceptual(cfg: Export, cache_dir: str | Path) -> LPIPS:
+    p = cfg.perceptual
+    return LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
+                 size=p.size, params_key="export.perceptual.backbone_weights").eval()
+
+
+# -- one model ---------------------------------------------------------------------------
+def _to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:
+    low, high = output_range
+    return (image.float() - (high + low) / 2) * (2 / (high - low))
+
+
+def export_model(spec: ModelSpec, teacher: Generator, cfg: Export, formats: list[Format],
+                 folder: Path, lpips: LPIPS, inputs: dict[InputKind, torch.Tensor]) -> list[dict[str, Any]]:
+    """Write and check every file of one model; returns one record per file."""
+    folder.mkdir(parents=True)
+    records = []
+    for kind in cfg.inputs:
+        model = build(spec.network, teacher, kind, cfg.output_range, cfg.truncation_psi)
+        x = inputs[kind]
+        with torch.no_grad():
+            expected = reference(spec.network, teacher, kind, x, cfg.output_range, cfg.truncation_psi)
+            graph_err = float((model(x) - expected).abs().max())
+        for fp16 in (False, True) if cfg.fp16 else (False,):
+            for fmt in formats:
+                path = folder / f"{kind}{'.fp16' if fp16 else ''}{SUFFIX[fmt]}"
+                log.info("%s: writing %s", spec.name, path.name)
+                start = time.perf_counter()
+                try:
+                    facts = export(fmt, model, path, fp16, cfg.opset)
+                except PipelineError:
+                    raise
+                except Exception as e:  # an exporter's own failure: name the file
+                    raise ExportError(f"{spec.name}/{path.name}: {fmt} export failed: "
+                                      f"{type(e).__name__}: {e}") from e
+                record = {"path": path.name, "format": fmt, "input": kind,
+                          "precision": "fp16" if fp16 else "fp32",
+                          "bytes": cards.artifact_bytes(path), "torch_graph_max_abs_err": graph_err,
+                          "export_seconds": round(time.perf_counter() - start, 2), **facts}
+                if fmt in RUNNERS:
+                    record.update(check(spec.name, path, fmt, x.half() if fp16 else x, expected,
+                                        fp16, cfg, lpips))
+                else:
+                    record["checked_by"] = "coremltools spec validation (no prediction off macOS)"
+                records.append(record)
+    return records
+
+
+def check(name: str, path: Path, fmt: Format, x: torch.Tensor, expected: torch.Tensor, fp16: bool,
+          cfg: Export, lpips: LPIPS) -> dict[str, Any]:
+    """Run ``path`` in its runtime; ParityError when it is off by more than the tolerances."""
+    try:
+        out = RUNNERS[fmt](path, x).float()
+    except Exception as e:
+        raise ParityError(f"{name}/{path.name}: {fmt} runtime failed to run it: "
+                          f"{type(e).__name__}: {e}") from e
+    if out.shape != expected.shape:
+        raise ParityError(f"{name}/{path.name}: output shape {list(out.shape)}, "
+                          f"expected {list(expected.shape)}")
+    err = float((out - expected).abs().max()) if torch.isfinite(out).all() else float("inf")
+    with torch.no_grad():
+        dist = float(lpips(_to_symmetric(out, cfg.output_range),
+                           _to_symmetric(expected, cfg.output_range)).max())
+    p = cfg.parity
+    max_err, max_lpips = (p.fp16_max_abs_err, p.fp16_lpips) if fp16 else (p.max_abs_err, p.lpips)
+    if not err <= max_err or not dist <= max_lpips:
+        raise ParityError(f"{name}/{path.name}: parity check failed against PyTorch: max abs "
+                          f"error {err:.3g} (tolerance {max_err:g}), LPIPS {dist:.3g} "
+                          f"(tolerance {max_lpips:g})")
+    runtime = "onnxruntime" if fmt == "onnx" else "executorch.runtime"
+    return {"max_abs_err": err, "lpips": dist, "checked_by": runtime}
+
+
+def model_card(spec: ModelSpec, teacher: Generator, cfg: Export, records: list[dict[str, Any]],
+               skipped: dict[str, str], evaluate: dict[str, Any] | None, lpips: LPIPS,
+               source: dict[str, str]) -> dict[str, Any]:
+    scfg = spec.network.cfg
+    widths = scfg.layer_widths
+    counted = cost.count("student", scfg.resolution, widths, style_dim=scfg.style_dim,
+                         n_mlp=teacher.cfg.n_mlp)
+    counted = {k: v for k, v in counted.items() if isinstance(v, int)}
+    r, d = scfg.resolution, scfg.style_dim
+    shapes = {"wplus": ["batch", teacher.cfg.n_latent, d], "w": ["batch", d], "z": ["batch", d]}
+    low, high = cfg.output_range
+    return {
+        "name": spec.name,
+        "summary": (f"{'The full student' if spec.name == FULL else 'Searched configuration '}"
+                    f"{'' if spec.name == FULL else repr(spec.name)}: {r}x{r} RGB from "
+                    f"{', '.join(cfg.inputs)}; {', '.join(sorted({a['format'] for a in records}))}."),
+        "architecture": {
+            "family": "MobileStyleGAN student (Haar wavelet synthesis, DW-separable modulated convs)",
+            "head": scfg.head, "demodulation": f"{scfg.demodulation}"
+            + (" (folded into the pointwise weights)" if scfg.demodulation == "fused" else
+               " (per style, energy precomputed)"),
+            "auxiliary_heads": "removed (only the last head is in the graph)",
+            "noise": "baked in: strength x the teacher's fixed noise maps",
+            "style_dim": d, "channels": widths, "full_channels": scfg.full_widths,
+            "sliced": scfg.widths is not None or spec.name != FULL,
+            "feature_resolutions": scfg.levels,
+        },
+        "resolution": r, "teacher_resolution": teacher.cfg.resolution,
+        "cost": counted,
+        "search": spec.search, "evaluate": evaluate,
+        "inputs": [{"name": k, "shape": shapes[k], "dtype": "float32 (float16 in fp16 files)",
+                    "description": cards.INPUT_DOC[k]} for k in cfg.inputs],
+        "output": {"name": "image", "shape": ["batch", 3, r, r], "layout": "NCHW, RGB",
+                   "range": [low, high], "dtype": "float32 (float16 in fp16 ONNX/ExecuTorch files)",
+                   "description": "clamped; " + ("(x + 1) / 2 of the student's [-1, 1] image"
+                                                 if low == 0 else "the student's image")},
+        "truncation_psi": cfg.truncation_psi if "z" in cfg.inputs else None,
+        "batch": {"onnx": "dynamic", "pte": 1, "coreml": 1},
+        "parity": {**cfg.parity.model_dump(), "lpips_network": lpips.name,
+                   "stand_in_lpips": lpips.stand_in},
+        "artifacts": records,
+        "formats_skipped": skipped,
+        "source": source,
+    }
+
+
+# -- the stage ---------------------------------------------------------------------------
+def evaluate_figures(path: Path | None, name: str) -> dict[str, Any] | None:
+    """The evaluate stage's figures for ``name`` (``models.<name>``; for ``full`` also the
+    top-level numbers), when its metrics file exists."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s: not JSON, evaluate figures left out of the cards", path)
+        return None
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    if isinstance(models.get(name), dict):
+        return models[name]
+    if name == FULL:
+        flat = {k: v for k, v in data.items() if isinstance(v, (int, float))}
+        return flat or None
+    return None
+
+
+def summary(records: list[dict[str, Any]], primary: InputKind) -> dict[str, Any]:
+    """metrics/export.json's entry of a model: the primary variant's fp32 figures per format
+    (``<format>_max_abs_err``, ``_lpips``, ``_bytes``), then every file's under ``variants``."""
+    out: dict[str, Any] = {}
+    variants: dict[str, dict[str, float]] = {}
+    for r in records:
+        fmt, key = r["format"], r["input"] + ("_fp16" if r["precision"] == "fp16" else "")
+        figures = {f"{fmt}_bytes": r["bytes"]}
+        if "max_abs_err" in r:
+            figures.update({f"{fmt}_max_abs_err": r["max_abs_err"], f"{fmt}_lpips": r["lpips"]})
+        variants.setdefault(key, {}).update(figures)
+        if key == primary:
+            out.update(figures)
+    return {**out, "variants": variants}
+
+
+def run_export(cfg: Export, student_path: str | Path, teacher_path: str | Path,
+               configs_path: str | Path | None, evaluate_path: str | Path | None,
+               out_dir: str | Path, cache_dir: str | Path) -> dict[str, Any]:
+    """Export every model into ``out_dir`` (swapped in only when all checks pass); returns
+    the metrics (see :func:`summary`)."""
+    student_path, teacher_path, out_dir = Path(student_path), Path(teacher_path), Path(out_dir)
+    configs_path = Path(configs_path) if configs_path else None
+    student, teacher = load_inputs(cfg, student_path, teacher_path)
+    specs = model_specs(student, configs_path)
+    skipped = {fmt: why for fmt in cfg.formats if (why := unavailable(fmt))}
+    for why in skipped.values():
+        log.warning("format not produced: %s", why)
+    formats = [f for f in FORMATS if f in cfg.formats and f not in skipped]
+    if not formats:
+        raise ExportError(f"none of the export formats {cfg.formats} can be produced here: "
+                          + "; ".join(skipped.values()))
+    lpips = perceptual(cfg, cache_dir)
+    inputs = parity_inputs(teacher, cfg)
+    source = {"student": str(student_path), "student_sha256": sha256_file(student_path),
+              "teacher": str(teacher_path), "teacher_sha256": sha256_file(teacher_path)}
+    if configs_path is not None and configs_path.is_file():
+        source.update(search_configs=str(configs_path), search_configs_sha256=sha256_file(configs_path))
+    suffix = "_randinit" if lpips.stand_in else ""
+    models: dict[str, Any] = {}
+    with atomic_dir(out_dir) as tmp:
+        for spec in specs:
+            records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs)
+            evaluate = evaluate_figures(Path(evaluate_path) if evaluate_path else None, spec.name)
+            card = model_card(spec, teacher, cfg, records, skipped, evaluate, lpips, source)
+            cards.write_card(tmp / spec.name, card)
+            entry = summary(records, cfg.inputs[0])
+            if suffix:  # LPIPS on a stand-in network says so, as in distill
+                entry.update({k.replace("_lpips", f"_lpips{suffix}"): v for k, v in entry.items()
+                              if k.endswith("_lpips")})
+            models[spec.name] = {**entry, "params": card["cost"]["params"],
+                                 "macs": card["cost"]["macs"], "resolution": card["resolution"]}
+    return {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
