@@ -158,6 +158,34 @@ class Validation(Section):
     grid_samples: Annotated[int, Field(ge=1, le=64)] = 8
 
 
+class ElasticTraining(Section):
+    """Anycost GAN's adaptive-channel, multi-resolution training of the student (DESIGN.md 5)."""
+
+    enabled: bool = False
+    start_step: Annotated[int, Field(ge=0)] = Field(
+        0, description="train the full network alone until this step; then sort its channels "
+        "by importance and start sampling sub-networks")
+    ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.25, 0.5, 0.75, 1.0], min_length=1, description="channel ratios to sample per layer")
+    sampling: Literal["uniform", "flexible", "sandwich"] = Field(
+        "sandwich", description="uniform: one ratio for all layers; flexible: one per layer; "
+        "sandwich: full 1/4, smallest 1/4, flexible 1/2 of the steps")
+    min_resolution: Annotated[int, Field(ge=8)] | None = Field(
+        None, description="sample output resolutions down to this one (auxiliary heads); "
+        "null: always the full resolution")
+    consistency_mse: Annotated[float, Field(ge=0)] = 1.0
+    consistency_lpips: Annotated[float, Field(ge=0)] = 1.0
+    condition_discriminator: bool = Field(
+        True, description="the discriminator sees an encoding of the sampled architecture")
+
+    @model_validator(mode="after")
+    def _check(self) -> ElasticTraining:
+        r = self.min_resolution
+        if r is not None and r & (r - 1):
+            raise ValueError(f"min_resolution must be a power of two, got {r}")
+        return self
+
+
 class Distill(Section):
     student: StudentArch = StudentArch()
     steps: Annotated[int, Field(ge=1)] = 1000
@@ -173,11 +201,19 @@ class Distill(Section):
     features: FeatureExtractor = FeatureExtractor()
     adversarial: Adversarial = Adversarial()
     validation: Validation = Validation()
+    elastic: ElasticTraining = ElasticTraining()
     checkpoint_every: Annotated[int, Field(ge=1)] = 100
     log_every: Annotated[int, Field(ge=1)] = 10
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 mixed precision on GPU, fp32 on CPU")
     seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> Distill:
+        if self.elastic.enabled and self.elastic.start_step >= self.steps:
+            raise ValueError(f"elastic.start_step ({self.elastic.start_step}) must be below "
+                             f"steps ({self.steps})")
+        return self
 
 
 class ExportParity(Section):

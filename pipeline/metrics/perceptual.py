@@ -20,6 +20,7 @@ from .weights import assign, find_weights, load_state_dict_file, missing_weights
 
 HUB_NAMES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 PARAMS_KEY = "distill.perceptual.backbone_weights"
+MIN_SIZE = 32  # VGG/AlexNet pool 4-5 times: smaller images are up-sampled to this first
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -65,9 +66,13 @@ class LPIPS(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> [B] distances (both resized down to ``size`` when larger)."""
+        """Images in [-1, 1] -> [B] distances (both resized down to ``size`` when larger,
+        bilinearly up to MIN_SIZE when smaller)."""
         if x.shape != y.shape:
             raise ValueError(f"LPIPS needs images of equal shape, got {list(x.shape)} and {list(y.shape)}")
         if self.size is not None and max(x.shape[-2:]) > self.size:
             x, y = resize(x, self.size), resize(y, self.size)
+        elif max(x.shape[-2:]) < MIN_SIZE:
+            x, y = (F.interpolate(t, size=(MIN_SIZE, MIN_SIZE), mode="bilinear", align_corners=False)
+                    for t in (x, y))
         return self.model(x.float(), y.float()).flatten()

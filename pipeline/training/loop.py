@@ -5,6 +5,14 @@ Per step: sample z (mixing, truncation) -> teacher W+, noise, image -> student
 Every ``validation.every`` steps the EMA student is compared with the teacher on
 fixed latents and fixed noise (LPIPS, pixel L1, KID); every ``checkpoint_every``
 steps a snapshot is written (see checkpoint.py) so a killed run resumes exactly.
+
+With ``elastic.enabled`` (Anycost GAN's adaptive-channel training), from
+``elastic.start_step`` on the channels are sorted by importance once and each step
+trains one sampled sub-network (widths, output resolution) on the shared weights:
+the distillation loss against the teacher at that resolution, plus the consistency
+loss (MSE + LPIPS) to the full network's output, with a discriminator that also sees
+the architecture's encoding. The architecture of a step depends only on (seed, step),
+so every process samples the same one and a resumed run continues the same sequence.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +36,22 @@ from tqdm import tqdm
 from ..errors import PipelineError
 from ..metrics.distances import kid
 from ..models.discriminator import Discriminator
+from ..models.elastic import (
+    Arch,
+    Elastic,
+    arch_dim,
+    permute_,
+    permute_optimizer_,
+    sample_arch,
+    sort_channels_,
+    subnet,
+    uniform_widths,
+)
 from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
 from ..models.stylegan2 import Generator
 from ..params import Distill
 from . import checkpoint, dist
-from .loss import DistillLoss, Targets, teacher_targets
+from .loss import DistillLoss, Targets, downsample, teacher_targets, upsample
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +142,13 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, student: MobileSynthesis) -> dict[str, float]:
+        """A sub-network with a lower output resolution is compared at its resolution."""
         lp, l1, feats = [], [], []
         for t in self.targets:
             image = student(t.wplus, t.noise).float()
-            lp.append(self.lpips(image, t.image).mean().item() * len(image))
-            l1.append((image - t.image).abs().mean().item() * len(image))
+            ref = downsample(t.image, image.shape[-1])
+            lp.append(self.lpips(image, ref).mean().item() * len(image))
+            l1.append((image - ref).abs().mean().item() * len(image))
             feats.append(self._feats(image))
         n = sum(len(t.image) for t in self.targets)
         student_feats = torch.cat(feats)
@@ -183,9 +205,17 @@ def distill(
                             torch.Generator().manual_seed(cfg.seed), device)
     calibrate_demodulation(student, calib.wplus, calib.noise)  # overwritten when resuming
     ema = copy.deepcopy(student).eval().requires_grad_(False)
+    el = cfg.elastic
+    elastic = Elastic(student) if el.enabled else None
+    smallest = Arch(uniform_widths(student_cfg, min(el.ratios)),
+                    el.min_resolution or student_cfg.resolution)
+    if elastic is not None and smallest.resolution > student_cfg.resolution:
+        raise PipelineError(f"distill.elastic.min_resolution ({el.min_resolution}) must be at "
+                            f"most the {student_cfg.resolution}x{student_cfg.resolution} output")
     use_gan = cfg.loss.gan > 0
-    disc = Discriminator(teacher.cfg.resolution, channel_max=cfg.adversarial.channel_max).to(
-        device) if use_gan else None
+    cond_dim = arch_dim(student_cfg) if elastic is not None and el.condition_discriminator else 0
+    disc = Discriminator(teacher.cfg.resolution, channel_max=cfg.adversarial.channel_max,
+                         cond_dim=cond_dim).to(device) if use_gan else None
     # Lazy regularisation: R1 every N steps, so Adam sees a scaled lr/betas (StyleGAN2 B.1).
     r1_ratio = cfg.adversarial.r1_every / (cfg.adversarial.r1_every + 1)
     opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -221,6 +251,9 @@ def distill(
 
     def validate(step: int) -> dict[str, float]:
         figures = validator(ema)
+        if elastic is not None and step > el.start_step:
+            small = validator(subnet(ema, smallest.widths, smallest.resolution))
+            figures.update({f"{k}_smallest": v for k, v in small.items()})
         history.validation.append({"step": step, **figures})
         if on_validate:
             on_validate(figures, step, validator.grid_pairs(ema, cfg.validation.grid_samples))
@@ -234,17 +267,44 @@ def distill(
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and ctx.main),
                desc="distill", unit="step", dynamic_ncols=True)
     t0, images_seen = time.perf_counter(), 0
+    full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)
     for step in range(start_step + 1, cfg.steps + 1):
         target = teacher_targets(teacher, batch, cfg.truncation_psi, cfg.style_mixing_prob,
                                  sampler, device)
         real = target.image if real_images is None else real_images(batch, sampler).to(device)
+        arch, cond = full_arch, None
+        if elastic is not None and step > el.start_step:
+            if step == el.start_step + 1:  # once: most important channels first
+                order = sort_channels_(student)
+                permute_(dict(ema.named_parameters()), order)
+                permute_optimizer_(opt_g, student, order)
+            arch = sample_arch(student_cfg, random.Random(f"{cfg.seed}/{step}"), el.ratios,
+                               el.sampling, el.min_resolution)
+        if cond_dim:
+            cond = arch.encode(student_cfg).to(device).expand(batch, -1)
+        if arch.resolution < student_cfg.resolution:  # D sees reals as blurred as the fakes
+            real = upsample(downsample(real, arch.resolution), student_cfg.resolution)
 
         # Generator phase: imitate the teacher (and fool D).
         if disc is not None:
             disc.requires_grad_(False)
         with autocast():
-            out = student.forward_all(target.wplus, target.noise)
-            loss_g, parts = loss_fn.generator_loss(out, target, disc, wavelet_heads, sampler)
+            if arch == full_arch:
+                out = student.forward_all(target.wplus, target.noise)
+                sub_target = target
+            else:
+                out = elastic(arch.widths, arch.resolution, "forward_all", target.wplus,
+                              target.noise)
+                sub_target = target._replace(image=downsample(target.image, arch.resolution))
+            loss_g, parts = loss_fn.generator_loss(out, sub_target, disc, wavelet_heads, sampler,
+                                                   cond)
+            if arch != full_arch:
+                with torch.no_grad():
+                    full = downsample(student(target.wplus, target.noise), arch.resolution)
+                loss_c, c_parts = loss_fn.consistency_loss(out.image, full, el.consistency_mse,
+                                                           el.consistency_lpips)
+                loss_g = loss_g + loss_c
+                parts.update(c_parts, total_g=loss_g)
         _check_finite(loss_g, step, snapshot_dir)
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
@@ -255,9 +315,10 @@ def distill(
         if disc is not None:
             disc.requires_grad_(True)
             with autocast():
-                loss_d, d_parts = loss_fn.discriminator_loss(disc, out.image.float(), real, sampler)
+                loss_d, d_parts = loss_fn.discriminator_loss(disc, out.image.float(), real, sampler,
+                                                             cond)
             if step % cfg.adversarial.r1_every == 0 and cfg.adversarial.r1_gamma > 0:
-                loss_r1, r1_parts = loss_fn.r1_loss(disc, real, cfg.adversarial.r1_every)
+                loss_r1, r1_parts = loss_fn.r1_loss(disc, real, cfg.adversarial.r1_every, cond)
                 loss_d = loss_d + loss_r1
                 d_parts.update(r1_parts)
             _check_finite(loss_d, step, snapshot_dir)
@@ -310,6 +371,8 @@ def distill(
         "pixel_l1_end": end.get("pixel_l1", math.nan),
         "kid_start": metrics_start["kid"] if metrics_start else math.nan,
         "kid_end": end.get("kid", math.nan),
+        **({"lpips_to_teacher_smallest_end": end.get("lpips_smallest", math.nan)}
+           if elastic is not None else {}),
         "student_params": sum(p.numel() for p in ema.parameters()),
         "world_size": ctx.world,
     }

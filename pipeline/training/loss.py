@@ -4,6 +4,11 @@
         + w_p LPIPS(final) + w_ms mean_levels LPIPS(level) + w_gan softplus(-D(aug(fake)))
     L_D = softplus(D(aug(fake))) + softplus(-D(aug(real)))
         + (gamma / 2) ||grad D(real)||^2 every N steps (lazy R1, scaled by N)
+    L_C = w_mse MSE(sub, full) + w_lpips LPIPS(sub, full)    (Anycost's consistency loss,
+          between a sampled sub-network and the full network, elastic training only)
+
+With a conditioned discriminator every D call also gets ``cond``, the encoding of the
+sampled architecture; images below D's resolution are bilinearly up-sampled for it.
 
 Targets come from the teacher on the fly: the same W+ and noise feed both networks,
 and each student level is compared with the teacher image area-downsampled to the
@@ -23,8 +28,6 @@ from ..models.wavelets import dwt
 from ..params import LossWeights
 from .augment import diff_augment
 from .gan_loss import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-
-MIN_LPIPS_SIZE = 32  # VGG/AlexNet need a few pooling steps' worth of pixels
 
 
 class Targets(NamedTuple):
@@ -56,6 +59,13 @@ def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
     return image if factor == 1 else F.avg_pool2d(image, factor)
 
 
+def upsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear up-sampling to ``size`` (a lower-resolution output, shown to D)."""
+    if image.shape[-1] == size:
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
 class DistillLoss:
     """Generator and discriminator phases of the distillation objective."""
 
@@ -66,14 +76,11 @@ class DistillLoss:
         self.w, self.lpips, self.augment, self.r1_gamma = weights, lpips, augment, r1_gamma
 
     def _lpips(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] < MIN_LPIPS_SIZE:
-            x = F.interpolate(x, size=MIN_LPIPS_SIZE, mode="bilinear", align_corners=False)
-            y = F.interpolate(y, size=MIN_LPIPS_SIZE, mode="bilinear", align_corners=False)
         return self.lpips(x, y).mean()
 
     def generator_loss(
         self, out: StudentOutput, target: Targets, discriminator=None, wavelet_heads: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.w
         parts: dict[str, torch.Tensor] = {}
@@ -100,7 +107,8 @@ class DistillLoss:
                 parts["multiscale_perceptual"] = torch.stack(levels).mean()
                 total = total + w.multiscale_perceptual * parts["multiscale_perceptual"]
         if w.gan and discriminator is not None:
-            fake_pred = discriminator(diff_augment(out.image, self.augment, generator=generator))
+            fake = upsample(out.image, discriminator.resolution)
+            fake_pred = discriminator(diff_augment(fake, self.augment, generator=generator), cond)
             parts["gan_g"] = g_nonsaturating_loss(fake_pred)
             total = total + w.gan * parts["gan_g"]
         parts["total_g"] = total
@@ -108,15 +116,29 @@ class DistillLoss:
 
     def discriminator_loss(
         self, discriminator, fake: torch.Tensor, real: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fake_pred = discriminator(diff_augment(fake.detach(), self.augment, generator=generator))
-        real_pred = discriminator(diff_augment(real, self.augment, generator=generator))
+        fake = upsample(fake.detach(), discriminator.resolution)
+        fake_pred = discriminator(diff_augment(fake, self.augment, generator=generator), cond)
+        real_pred = discriminator(diff_augment(real, self.augment, generator=generator), cond)
         loss = d_logistic_loss(real_pred, fake_pred)
         return loss, {"gan_d": loss, "d_real": real_pred.mean(), "d_fake": fake_pred.mean()}
 
-    def r1_loss(self, discriminator, real: torch.Tensor, every: int) -> tuple[torch.Tensor, dict]:
+    def r1_loss(self, discriminator, real: torch.Tensor, every: int,
+                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Lazy R1 on un-augmented reals, scaled by the interval (StyleGAN2's lazy regularisation)."""
         real = real.detach().requires_grad_(True)
-        penalty = r1_penalty(discriminator(real), real)
+        penalty = r1_penalty(discriminator(real, cond), real)
         return self.r1_gamma / 2 * penalty * every, {"r1": penalty}
+
+    def consistency_loss(self, sub: torch.Tensor, full: torch.Tensor, w_mse: float,
+                         w_lpips: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Anycost's consistency: a sub-network's image against the full network's (detached)."""
+        parts = {"consistency_mse": F.mse_loss(sub, full.detach())}
+        total = w_mse * parts["consistency_mse"]
+        if w_lpips:
+            if self.lpips is None:
+                raise ValueError("consistency_lpips is set but no LPIPS network was given")
+            parts["consistency_lpips"] = self._lpips(sub, full.detach())
+            total = total + w_lpips * parts["consistency_lpips"]
+        return total, parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,9 +18,10 @@ import yaml
 from pipeline.checkpoints import save_teacher
 from pipeline.checkpoints.project import load_student
 from pipeline.errors import PipelineError
+from pipeline.models.elastic import subnet, uniform_widths
 from pipeline.params import Distill, parse_params
 from pipeline.training import checkpoint
-from pipeline.training.loop import DivergenceError, distill, student_config
+from pipeline.training.loop import DivergenceError, Validator, distill, student_config
 from tests.conftest import REPO, env_with_venv, tiny_distill, tiny_params
 
 
@@ -46,6 +48,39 @@ def test_short_distillation_brings_the_student_closer_to_the_teacher(
     assert m["lpips_to_teacher_end"] < 0.85 * m["lpips_to_teacher_start"], m
     assert m["pixel_l1_end"] < 0.5 * m["pixel_l1_start"], m
     assert [row["step"] for row in result.history.validation] == [0, 75, 150]
+
+
+def test_elastic_training_trains_the_sub_networks(tiny_teacher, helper_nets, tmp_path):
+    """Adaptive-channel training: the smallest sub-network (uniform ratio 0.25) gets
+    steadily closer to the teacher while it shares its weights with the full network."""
+    cfg = distill_cfg(steps=120, batch_size=4, lr=2e-3, ema_decay=0.9, checkpoint_every=120,
+                      validation={"every": 40, "num_samples": 8},
+                      elastic={"enabled": True, "sampling": "uniform", "ratios": [0.25, 1.0]})
+    result = distill(cfg, tiny_teacher, "sha", tmp_path, *helper_nets, progress=False)
+    logged = set().union(*result.history.losses)
+    assert {"consistency_mse", "consistency_lpips", "gan_d"} <= logged
+    rows = result.history.validation
+    assert "lpips_smallest" not in rows[0] and all("lpips_smallest" in r for r in rows[1:])
+    assert rows[-1]["pixel_l1_smallest"] < 0.85 * rows[1]["pixel_l1_smallest"], rows
+    assert rows[-1]["pixel_l1"] < rows[0]["pixel_l1"], rows  # the full network still learns
+    smallest = uniform_widths(result.student.cfg, 0.25)
+    validator = Validator(tiny_teacher, cfg, *helper_nets, torch.device("cpu"))
+    ours = validator(subnet(result.student, smallest))
+    assert ours["lpips"] == pytest.approx(result.metrics["lpips_to_teacher_smallest_end"], abs=1e-6)
+
+
+def test_multi_resolution_elastic_steps_with_a_conditioned_discriminator(
+    tiny_teacher, helper_nets, tmp_path
+):
+    """Sandwich sampling down to 8x8: every architecture trains (and D sees its code)."""
+    elastic = {"enabled": True, "min_resolution": 8, "sampling": "sandwich"}
+    cfg = distill_cfg(steps=16, elastic=elastic, log_every=1, loss={"gan": 0.1})
+    result = distill(cfg, tiny_teacher, "sha", tmp_path, *helper_nets, progress=False)
+    rows = result.history.losses
+    assert sum("consistency_mse" in r for r in rows) >= 3  # sub-networks were sampled ...
+    assert sum("consistency_mse" not in r for r in rows) >= 1  # ... and the full one
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    assert result.metrics["lpips_to_teacher_smallest_end"] > 0
 
 
 def _stage_env(tmp_path: Path) -> dict[str, str]:
