@@ -216,6 +216,92 @@ class Distill(Section):
         return self
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_macs(value: str | float | int) -> int | float:
+    """A MAC budget: an absolute count (``15G``, ``300M``, ``2.5e9``, 123456) -> int, or a
+    fraction of the full student (a number in (0, 1], or ``40%``) -> float."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a MAC count like 15G or a fraction like 0.5, got {value!r}")
+    if isinstance(value, int | float):
+        number, absolute = float(value), value > 1
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT%]?)\s*", str(value))
+        if not m:
+            raise ValueError(f"expected a MAC count like 15G, 300M or 2.5e9, or a fraction "
+                             f"like 0.5 or 40%, got {value!r}")
+        number, unit = float(m[1]), m[2]
+        if unit == "%":
+            number, absolute = number / 100, False
+        else:
+            number, absolute = number * _UNITS[unit], bool(unit) or number > 1
+    if number <= 0:
+        raise ValueError(f"a MAC budget must be positive, got {value!r}")
+    if absolute:
+        return int(round(number))
+    if number > 1:
+        raise ValueError(f"a fraction of the full student must be in (0, 1], got {value!r}")
+    return number
+
+
+class Evolution(Section):
+    """Anycost GAN's evolutionary search: elitist, mutation + crossover, budget-feasible only."""
+
+    population: Annotated[int, Field(ge=2)] = 24
+    generations: Annotated[int, Field(ge=1)] = 10
+    mutation_prob: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.2, description="per-gene probability that a mutation redraws it")
+    mutation_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="share of the children made by mutation (the rest by crossover)")
+    parent_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25, description="the best fraction of each generation kept as parents")
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class Search(Section):
+    """Channel configurations (and output resolutions) of the student per MAC budget."""
+
+    budgets: dict[str, str | float | int] = Field(
+        {"half": 0.5}, min_length=1, description="name -> MACs (15G, 300M, 123456) or a "
+        "fraction of the full student's (0.5, 40%); physical MACs of pipeline.cost")
+    ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0], min_length=1,
+        description="per-layer channel ratios the search picks from")
+    min_resolution: Annotated[int, Field(ge=8)] | None = Field(
+        None, description="also search lower output resolutions down to this; null: full only")
+    fitness: Literal["lpips", "mse"] = "lpips"
+    reference: Literal["student", "teacher"] = Field(
+        "student", description="compare sub-networks with the full student (Anycost's "
+        "consistency) or with the teacher")
+    num_samples: Annotated[int, Field(ge=1)] = 32
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 1.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    evolution: Evolution = Evolution()
+    perceptual: Perceptual = Perceptual()
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: dict[str, Any]) -> dict[str, Any]:
+        for name, value in budgets.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"budget name {name!r}: use letters, digits, _ . - "
+                                 f"(it names files and metrics)")
+            try:
+                parse_macs(value)
+            except ValueError as e:
+                raise ValueError(f"budget {name!r}: {e}") from None
+        return budgets
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        r = self.min_resolution
+        if r is not None and r & (r - 1):
+            raise ValueError(f"min_resolution must be a power of two, got {r}")
+        return self
+
+
 class ExportParity(Section):
     """Every exported file run in its runtime against the PyTorch student on fixed inputs;
     errors in output units (``output_range``), LPIPS on [-1, 1] images."""
@@ -272,6 +358,7 @@ class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     fetch_teacher: FetchTeacher = FetchTeacher()
     distill: Distill = Distill()
+    search: Search = Search()
     export: Export = Export()
 
 

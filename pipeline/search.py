@@ -1,0 +1,417 @@
+"""The search stage: Anycost GAN's evolutionary search of sub-network configurations
+(per-layer widths and output resolution) of the distilled student under MAC budgets.
+
+    budgets (params) -> MACs, checked against the smallest and the full network
+    per budget: uniform-ratio baseline (the widest uniform sub-network that fits)
+                -> evolution seeded with it (elitist, so never worse), only candidates
+                   within budget are ever created -> best configuration
+    -> artifacts/search/configs.json, pareto.png, metrics/search.json, plots/search/*.csv
+
+Fitness of a candidate: LPIPS (or MSE) between the sub-network's images and the
+reference's (the full student: Anycost's consistency; or the teacher) on fixed
+latents and noise, at the candidate's output resolution (the reference is
+area-downsampled to it). Both distances to both references are recorded. MACs are
+pipeline.cost's physical count of the folded inference network.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .checkpoints import load_teacher
+from .checkpoints.project import load_student
+from .cost import count
+from .errors import ParamsError, PipelineError
+from .io import atomic_dir, atomic_path, sha256_file, write_json
+from .metrics.perceptual import LPIPS
+from .metrics.weights import resolve_weights
+from .models.elastic import output_resolutions, quantize, subnet, uniform_widths
+from .models.mobile import MobileSynthesis, StudentConfig
+from .params import Evolution, Search, parse_macs
+from .training.loss import downsample, teacher_targets
+
+log = logging.getLogger(__name__)
+CONFIGS_FILE = "configs.json"
+UNIFORM_STEPS = 64  # the uniform baseline tries ratios k/64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sub-network: per-layer widths (full length, student convention) and output size."""
+
+    widths: tuple[int, ...]
+    resolution: int
+
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    macs: int
+    params: int
+    distances: dict[str, float]  # lpips, mse (to the full student), lpips_teacher, mse_teacher
+
+    def row(self) -> dict[str, Any]:
+        return {"channels": list(self.candidate.widths), "resolution": self.candidate.resolution,
+                "macs": self.macs, "params": self.params, **self.distances}
+
+
+class Space:
+    """The choices per gene: each layer's widths at ``ratios``, the output resolutions."""
+
+    def __init__(self, cfg: StudentConfig, ratios: list[float], min_resolution: int | None) -> None:
+        self.cfg = cfg
+        self.choices = [sorted({quantize(f * r, f) for r in ratios}) for f in cfg.full_widths]
+        self.resolutions = (output_resolutions(cfg, min_resolution) if min_resolution
+                            else [cfg.resolution])
+        if min_resolution and min_resolution > cfg.resolution:
+            raise ParamsError(f"search.min_resolution ({min_resolution}) is above the "
+                              f"student's {cfg.resolution}x{cfg.resolution} output")
+
+    def cost(self, c: Candidate) -> tuple[int, int]:
+        """(MACs, params) of the folded inference sub-network."""
+        n = count("student", self.cfg.resolution, list(c.widths), output_resolution=c.resolution,
+                  style_dim=self.cfg.style_dim)
+        return n["macs"], n["params"]
+
+    @property
+    def full(self) -> Candidate:
+        return Candidate(tuple(self.cfg.full_widths), self.cfg.resolution)
+
+    @property
+    def smallest(self) -> Candidate:
+        return Candidate(tuple(c[0] for c in self.choices), self.resolutions[0])
+
+    def random(self, rng: random.Random) -> Candidate:
+        return Candidate(tuple(rng.choice(c) for c in self.choices), rng.choice(self.resolutions))
+
+    def mutate(self, c: Candidate, prob: float, rng: random.Random) -> Candidate:
+        widths = tuple(rng.choice(ch) if rng.random() < prob else w
+                       for w, ch in zip(c.widths, self.choices, strict=True))
+        res = rng.choice(self.resolutions) if rng.random() < prob else c.resolution
+        return Candidate(widths, res)
+
+    @staticmethod
+    def crossover(a: Candidate, b: Candidate, rng: random.Random) -> Candidate:
+        widths = tuple(rng.choice(pair) for pair in zip(a.widths, b.widths, strict=True))
+        return Candidate(widths, rng.choice((a.resolution, b.resolution)))
+
+    def uniform(self, ratio: float, resolution: int) -> Candidate:
+        widths = uniform_widths(self.cfg, ratio)
+        return Candidate(tuple(widths), resolution)
+
+
+def key_of(cfg: Search) -> str:
+    """The fitness: a distance name of Evaluator (``lpips``, ``mse_teacher``, ...)."""
+    return cfg.fitness if cfg.reference == "student" else f"{cfg.fitness}_teacher"
+
+
+class Evaluator:
+    """Distances of sub-networks to the full student and the teacher on fixed latents and
+    noise (the same for every candidate), cached per candidate."""
+
+    def __init__(self, student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
+                 device: torch.device) -> None:
+        self.student, self.lpips, self.device = student.to(device).eval(), lpips, device
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.batches = []
+        with torch.no_grad():
+            for start in range(0, cfg.num_samples, cfg.batch_size):
+                n = min(cfg.batch_size, cfg.num_samples - start)
+                t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
+                self.batches.append((t.wplus, t.noise, t.image, self.student(t.wplus, t.noise)))
+        self.cache: dict[Candidate, dict[str, float]] = {}
+
+    @torch.no_grad()
+    def __call__(self, c: Candidate) -> dict[str, float]:
+        if c not in self.cache:
+            sub = subnet(self.student, list(c.widths), c.resolution)
+            sums = {"lpips": 0.0, "mse": 0.0, "lpips_teacher": 0.0, "mse_teacher": 0.0}
+            n = 0
+            for wplus, noise, teacher_image, full_image in self.batches:
+                image = sub(wplus, noise)
+                for suffix, ref in (("", full_image), ("_teacher", teacher_image)):
+                    ref = downsample(ref, c.resolution)
+                    sums[f"lpips{suffix}"] += self.lpips(image, ref).sum().item()
+                    sums[f"mse{suffix}"] += (image - ref).pow(2).mean((1, 2, 3)).sum().item()
+                n += len(image)
+            self.cache[c] = {k: v / n for k, v in sums.items()}
+        return self.cache[c]
+
+
+@dataclass
+class BudgetResult:
+    name: str
+    budget_macs: int
+    best: Scored
+    uniform: Scored
+    uniform_ratio: float
+    trivial: bool  # the budget admits the full network: no search was needed
+    history: list[float] = field(default_factory=list)  # best fitness per generation
+    evaluated: list[Scored] = field(default_factory=list)
+
+
+def resolve_budgets(budgets: dict[str, Any], space: Space) -> dict[str, int]:
+    """Budget name -> MACs; one below the smallest sub-network is an error (before searching)."""
+    full_macs, _ = space.cost(space.full)
+    min_macs, _ = space.cost(space.smallest)
+    out = {}
+    for name, value in budgets.items():
+        macs = parse_macs(value)
+        macs = int(macs * full_macs) if isinstance(macs, float) else macs
+        if macs < min_macs:
+            r = space.resolutions[0]
+            raise ParamsError(
+                f"search.budgets.{name}: {value!r} = {macs:,} MACs is below the smallest "
+                f"sub-network of this student ({min_macs:,} MACs: every layer at its smallest "
+                f"ratio, {r}x{r} output); the full student has {full_macs:,}")
+        out[name] = macs
+    return out
+
+
+def uniform_baseline(space: Space, budget: int) -> tuple[Candidate, float]:
+    """The widest uniform-ratio sub-network within budget, at the highest output resolution
+    where one fits (Anycost's uniform channel reduction)."""
+    for res in reversed(space.resolutions):
+        for k in range(UNIFORM_STEPS, 0, -1):
+            c = space.uniform(k / UNIFORM_STEPS, res)
+            if space.cost(c)[0] <= budget:
+                return c, k / UNIFORM_STEPS
+    # Unreachable after resolve_budgets: ratio 1/64 is narrower than the smallest candidate.
+    raise PipelineError(f"no uniform sub-network fits {budget:,} MACs")
+
+
+def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget: int,
+           seeds: list[Candidate], evo: Evolution, rng: random.Random,
+           on_generation: Callable[[int, Scored], None] | None = None) -> list[Scored]:
+    """Elitist evolution among candidates within ``budget``; returns the final population,
+    best first. ``seeds`` join the first population, so the result is never worse."""
+
+    def feasible(make: Callable[[], Candidate], fallback: Candidate) -> Candidate:
+        for _ in range(100):  # rejection sampling: over-budget children are never created
+            c = make()
+            if space.cost(c)[0] <= budget:
+                return c
+        return fallback
+
+    population = list(dict.fromkeys(seeds))
+    while len(population) < evo.population:
+        population.append(feasible(lambda: space.random(rng), space.smallest))
+    n_parents = max(1, round(evo.parent_fraction * evo.population))
+    n_mutants = round(evo.mutation_ratio * (evo.population - n_parents))
+    ranked: list[Scored] = []
+    for gen in range(evo.generations):
+        ranked = sorted({c: score(c) for c in population}.values(), key=lambda s: s.distances[key])
+        if on_generation:
+            on_generation(gen, ranked[0])
+        if gen == evo.generations - 1:
+            break
+        parents = [s.candidate for s in ranked[:n_parents]]
+        children = []
+        for i in range(evo.population - len(parents)):
+            p = rng.choice(parents)
+            if i < n_mutants:
+                children.append(feasible(lambda p=p: space.mutate(p, evo.mutation_prob, rng), p))
+            else:
+                q = rng.choice(parents)
+                children.append(feasible(lambda p=p, q=q: space.crossover(p, q, rng), p))
+        population = parents + children
+    return ranked
+
+
+def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cfg: Search,
+                  progress: bool = True,
+                  on_generation: Callable[[int, Scored], None] | None = None) -> BudgetResult:
+    key = key_of(cfg)
+    scored: dict[Candidate, Scored] = {}
+
+    def score(c: Candidate) -> Scored:
+        if c not in scored:
+            macs, params = space.cost(c)
+            scored[c] = Scored(c, macs, params, evaluator(c))
+        return scored[c]
+
+    if space.cost(space.full)[0] <= budget:  # trivially satisfied: the full network fits
+        full = score(space.full)
+        return BudgetResult(name, budget, full, full, 1.0, True, [full.distances[key]], [full])
+    uniform, ratio = uniform_baseline(space, budget)
+    rng = random.Random(f"{cfg.evolution.seed}/{name}")
+    history: list[float] = []
+    bar = tqdm(total=cfg.evolution.generations, desc=f"search {name}", unit="gen",
+               disable=not progress, dynamic_ncols=True)
+
+    def generation(gen: int, best: Scored) -> None:
+        history.append(best.distances[key])
+        bar.update(1)
+        bar.set_postfix({key: f"{best.distances[key]:.4f}", "GMAC": f"{best.macs / 1e9:.3f}"})
+        if on_generation:
+            on_generation(gen, best)
+
+    ranked = evolve(space, score, key, budget, [uniform], cfg.evolution, rng, generation)
+    bar.close()
+    return BudgetResult(name, budget, ranked[0], score(uniform), ratio, False, history,
+                        list(scored.values()))
+
+
+def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
+               device: torch.device, progress: bool = True,
+               on_generation: Callable[[str, int, Scored], None] | None = None,
+               ) -> tuple[Space, Scored, list[BudgetResult]]:
+    """Every budget of ``cfg``; budgets are checked before any search starts."""
+    if student.cfg.head != "wavelet":
+        raise PipelineError("search: MAC accounting (pipeline.cost) covers wavelet-head "
+                            f"students; this one has head={student.cfg.head!r}")
+    space = Space(student.cfg, cfg.ratios, cfg.min_resolution)
+    budgets = resolve_budgets(cfg.budgets, space)
+    evaluator = Evaluator(student, teacher, lpips, cfg, device)
+    full_macs, full_params = space.cost(space.full)
+    full = Scored(space.full, full_macs, full_params, evaluator(space.full))
+    results = [search_budget(name, macs, space, evaluator, cfg, progress,
+                             (lambda g, s, name=name: on_generation(name, g, s))
+                             if on_generation else None)
+               for name, macs in budgets.items()]
+    return space, full, results
+
+
+# -- outputs -------------------------------------------------------------------------
+def budget_metrics(r: BudgetResult, key: str) -> dict[str, Any]:
+    """metrics/search.json's entry for one budget (the contract's keys first)."""
+    b, u = r.best, r.uniform
+    gain = u.distances[key] - b.distances[key]
+    return {
+        "budget_macs": r.budget_macs, "macs": b.macs, "lpips": b.distances["lpips"],
+        "uniform_macs": u.macs, "uniform_lpips": u.distances["lpips"],
+        "mse": b.distances["mse"], "uniform_mse": u.distances["mse"],
+        "lpips_teacher": b.distances["lpips_teacher"],
+        "uniform_lpips_teacher": u.distances["lpips_teacher"],
+        "params": b.params, "resolution": b.candidate.resolution,
+        "fitness_gain": gain,
+        "fitness_gain_relative": gain / u.distances[key] if u.distances[key] else 0.0,
+        "trivial": int(r.trivial),
+    }
+
+
+def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: Search,
+                  out_dir: Path, plots_dir: Path, student_sha256: str,
+                  stand_in_lpips: bool) -> dict[str, Any]:
+    key = key_of(cfg)
+    configs = {
+        "resolution": space.cfg.resolution,
+        "student_sha256": student_sha256,
+        "fitness": {"metric": cfg.fitness, "reference": cfg.reference, "key": key,
+                    "lpips_network": "stand-in (random init)" if stand_in_lpips else "pretrained"},
+        "full": full.row(),
+        "budgets": {r.name: {**r.best.row(), "budget_macs": r.budget_macs, "trivial": r.trivial,
+                             "uniform": {**r.uniform.row(), "ratio": r.uniform_ratio},
+                             "best_fitness_per_generation": r.history}
+                    for r in results},
+    }
+    metrics = {"budgets": {r.name: budget_metrics(r, key) for r in results},
+               "full": {"macs": full.macs, "params": full.params,
+                        "lpips_teacher": full.distances["lpips_teacher"]},
+               "stand_in_lpips": int(stand_in_lpips)}
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / CONFIGS_FILE, configs)
+        plot_pareto(space, full, results, key, tmp / "pareto.png")
+    write_pareto_csv(results, plots_dir / "pareto.csv")
+    return metrics
+
+
+def write_pareto_csv(results: list[BudgetResult], path: Path) -> None:
+    """What `dvc plots` draws: MACs vs LPIPS of every searched and uniform configuration."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        for kind, s in (("searched", r.best), ("uniform", r.uniform)):
+            rows.append({"budget": r.name, "kind": kind, "gmacs": s.macs / 1e9,
+                         "lpips": s.distances["lpips"], "mse": s.distances["mse"]})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_pareto(space: Space, full: Scored, results: list[BudgetResult], key: str,
+                path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    seen = [s for r in results for s in r.evaluated]
+    if seen:
+        ax.scatter([s.macs / 1e9 for s in seen], [s.distances[key] for s in seen], s=8,
+                   c="0.75", label="evaluated candidates")
+    uni = sorted({(r.uniform.macs, r.uniform.distances[key]) for r in results})
+    ax.plot([m / 1e9 for m, _ in uni], [d for _, d in uni], "s--", c="tab:blue",
+            label="uniform channel ratio (baseline)")
+    for r in results:
+        ax.plot(r.best.macs / 1e9, r.best.distances[key], "*", ms=13, c="tab:red")
+        ax.annotate(r.name, (r.best.macs / 1e9, r.best.distances[key]),
+                    textcoords="offset points", xytext=(5, 5))
+        ax.axvline(r.budget_macs / 1e9, c="tab:red", lw=0.6, ls=":")
+    ax.plot([], [], "*", c="tab:red", ms=13, label="searched (budget: dotted)")
+    ax.plot(full.macs / 1e9, full.distances[key], "o", c="k", label="full student")
+    ax.set_xlabel("GMACs (physical, pipeline.cost)")
+    ax.set_ylabel(f"{key} (lower is better)")
+    ax.set_title("Student sub-networks: cost vs distance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_search(cfg: Search, student_path: str | Path, teacher_path: str | Path,
+               out_dir: str | Path, plots_dir: str | Path, cache_dir: str | Path,
+               tracker=None, progress: bool = True) -> dict[str, Any]:
+    """The stage: load, search every budget, write outputs; returns metrics/search.json."""
+    student, _ = load_student(student_path)
+    teacher = load_teacher(teacher_path).generator
+    if teacher.cfg.resolution != student.cfg.resolution:
+        raise PipelineError(f"search: student ({student.cfg.resolution}) and teacher "
+                            f"({teacher.cfg.resolution}) resolutions differ")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    p = cfg.perceptual
+    lpips = LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
+                  size=p.size).to(device)
+    teacher = teacher.to(device).eval()
+
+    def on_generation(name: str, gen: int, best: Scored) -> None:
+        if tracker:
+            tracker.log_metrics({f"best_fitness/{name}": best.distances[key_of(cfg)],
+                                 f"best_gmacs/{name}": best.macs / 1e9}, step=gen)
+
+    space, full, results = search_all(student, teacher, lpips, cfg, device, progress,
+                                      on_generation)
+    metrics = write_outputs(space, full, results, cfg, Path(out_dir), Path(plots_dir),
+                            sha256_file(student_path), lpips.stand_in)
+    for r in results:
+        log.info("budget %s: %.3f GMAC (budget %.3f), %s %.4f vs uniform %.4f at %.3f GMAC",
+                 r.name, r.best.macs / 1e9, r.budget_macs / 1e9, key_of(cfg),
+                 r.best.distances[key_of(cfg)], r.uniform.distances[key_of(cfg)],
+                 r.uniform.macs / 1e9)
+    return metrics
+
+
+def flat_metrics(metrics: dict[str, Any], stand_in: bool) -> dict[str, float]:
+    """MLflow names: budget/<name>/<metric>; LPIPS figures on a stand-in say _randinit."""
+    out = {}
+    for name, m in metrics["budgets"].items():
+        for k, v in m.items():
+            if stand_in and "lpips" in k:
+                k = k.replace("lpips", "lpips_randinit")
+            if isinstance(v, int | float) and math.isfinite(v):
+                out[f"budget/{name}/{k}"] = float(v)
+    out.update({f"full/{k}": float(v) for k, v in metrics["full"].items()})
+    return out
