@@ -65,6 +65,21 @@ def tiny_distill(**overrides) -> dict:
     return cfg
 
 
+def tiny_search(**overrides) -> dict:
+    """A seconds-long search on a tiny student (stand-in LPIPS)."""
+    cfg = {
+        "budgets": {"half": 0.5}, "ratios": [0.25, 0.5, 0.75, 1.0], "num_samples": 4,
+        "batch_size": 4, "perceptual": {"net": "alex", "stand_in": True},
+        "evolution": {"population": 6, "generations": 3},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key != "budgets":
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
     """params.yaml content for a few-second pipeline run."""
     fetch = {
@@ -74,7 +89,8 @@ def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
         "samples": {"count": 4, "seed": 0, "truncation_psi": 0.7, "nrow": 2},
         **fetch_overrides,
     }
-    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill()}
+    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill(),
+            "search": tiny_search()}
 
 
 def copy_repo(dest: Path) -> Path:
