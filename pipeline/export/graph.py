@@ -72,6 +72,11 @@ def _pixel_shuffle_mix(to_image, channels: int) -> torch.Tensor:
     return F.pixel_unshuffle(to_image(basis), 2).flatten(1).t()
 
 
+def _style(w: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """s [B, C] from w [B, D] or a W+ slice [B, 1, D]."""
+    return F.linear(w, weight, bias).flatten(1)
+
+
 class StyledConv(nn.Module):
     """x * s -> 3x3 depthwise -> 1x1 pointwise + bias [-> exact demodulation] -> + noise
     -> leaky ReLU. The output lacks the sqrt(2) gain: the consumer's modulation has it."""
@@ -100,7 +105,7 @@ class StyledConv(nn.Module):
         self.noise = None if strength == 0 else _const(strength * noise.double())
 
     def forward(self, x: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
-        s = F.linear(w, self.affine_weight, self.affine_bias)
+        s = _style(w, self.affine_weight, self.affine_bias)
         if self.const is not None:
             x = self.const * s[:, :, None, None]
         else:
@@ -133,7 +138,7 @@ class Upsample(nn.Module):
         self.haar = _const(mix.repeat(self.groups, 1)[:, :, None, None])  # [4C, 4, 1, 1]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = x * F.linear(w, self.affine_weight, self.affine_bias)[:, :, None, None]
+        x = x * _style(w, self.affine_weight, self.affine_bias)[:, :, None, None]
         return F.pixel_shuffle(F.conv2d(x, self.haar, groups=self.groups), 2)
 
 
@@ -159,7 +164,7 @@ class OutputHead(nn.Module):
         self.bias = _const(alpha * bias + beta)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = x * F.linear(w, self.affine_weight, self.affine_bias)[:, :, None, None]
+        x = x * _style(w, self.affine_weight, self.affine_bias)[:, :, None, None]
         x = F.conv2d(x, self.weight, self.bias)
         if self.kind == "wavelet":
             x = F.pixel_shuffle(x, 2)
@@ -188,7 +193,7 @@ class Synthesis(nn.Module):
         self.head = OutputHead(last, self.cfg.n_latent_used - 1, GAIN, output_range)
 
     def forward(self, ws: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``ws[i]``: the w [B, style_dim] of W+ entry i."""
+        """``ws[i]``: the w of W+ entry i, [B, style_dim] or [B, 1, style_dim]."""
         x = None
         for layer in self.layers:
             x = layer(x, ws[layer.index])
@@ -234,8 +239,8 @@ class ExportModel(nn.Module):
         self.synthesis, self.kind, self.n_latent, self.mapping = synthesis, kind, n_latent, mapping
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "wplus":
-            return self.synthesis(x.unbind(1))
+        if self.kind == "wplus":  # slices, not unbind: XNNPACK runs them, unused ones vanish
+            return self.synthesis([x[:, i : i + 1] for i in range(self.n_latent)])
         w = self.mapping(x) if self.mapping is not None else x
         return self.synthesis([w] * self.n_latent)
 
