@@ -40,6 +40,10 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     assert distilled["steps"] == 8 and distilled["stand_in_lpips"] == 1
     assert (repo / "artifacts/student/student.safetensors").exists()
     assert (repo / "plots/distill/validation.csv").exists()
+    searched = json.loads((repo / "metrics/search.json").read_text())
+    half = searched["budgets"]["half"]
+    assert half["macs"] <= half["budget_macs"] and half["lpips"] <= half["uniform_lpips"]
+    assert (repo / "artifacts/search/configs.json").exists()
 
     again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     assert "didn't change, skipping" in again.stdout + again.stderr
@@ -52,7 +56,7 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
     stages = sorted(r.data.tags["stage"] for r in runs if r.data.tags["role"] == "stage")
-    assert stages == ["distill", "fetch_teacher"]  # the no-op repro started no run
+    assert stages == ["distill", "export", "fetch_teacher", "search"]  # the no-op repro: no run
     (parent,) = [r for r in runs if r.data.tags["role"] == "pipeline"]
     for stage in runs:
         if stage.data.tags["role"] == "stage":
@@ -76,7 +80,12 @@ def test_changing_a_param_reruns_its_stage_and_everything_downstream(repo, tmp_p
     out = run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "distill.steps=10"], repo, env)
     text = out.stdout + out.stderr
     assert "Running stage 'distill'" in text and "Running stage 'fetch_teacher'" not in text
+    assert "Running stage 'search'" in text  # downstream of the student
     assert json.loads((repo / "metrics/distill.json").read_text())["steps"] == 10
+    out = run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "search.evolution.seed=3"], repo, env)
+    text = out.stdout + out.stderr
+    assert "Running stage 'search'" in text and "Running stage 'export'" in text
+    assert "Running stage 'distill'" not in text
 
 
 def test_airflow_dags_test_runs_the_nightly_dag_end_to_end(repo, tmp_path):
