@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .. import cost
 from ..checkpoints import load_teacher
@@ -114,9 +115,10 @@ def sliced(student: MobileSynthesis, entry: Any, where: str) -> MobileSynthesis:
     try:
         return subnet(student, entry["channels"], entry.get("resolution")).eval()
     except (ValueError, TypeError) as e:
+        why = "; ".join(err["msg"] for err in e.errors()) if isinstance(e, ValidationError) else e
         raise ExportError(f"{where} does not fit the student "
                           f"(channels {student.cfg.full_widths}, resolution "
-                          f"{student.cfg.resolution}): {e}") from None
+                          f"{student.cfg.resolution}): {why}") from None
 
 
 def parity_inputs(teacher: Generator, cfg: Export) -> dict[InputKind, torch.Tensor]:
