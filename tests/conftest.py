@@ -80,6 +80,13 @@ def tiny_search(**overrides) -> dict:
     return cfg
 
 
+def tiny_export() -> dict:
+    """ONNX and ExecuTorch of the W+ variant only (Core ML and fp16 have their own tests)."""
+    return {"formats": ["onnx", "pte"], "inputs": ["wplus"], "fp16": False,
+            "parity": {"samples": 2}, "perceptual": {"net": "alex", "stand_in": True},
+            "registry": {"name": "tiny-student"}}
+
+
 def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
     """params.yaml content for a few-second pipeline run."""
     fetch = {
@@ -90,7 +97,7 @@ def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
         **fetch_overrides,
     }
     return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill(),
-            "search": tiny_search()}
+            "search": tiny_search(), "export": tiny_export()}
 
 
 def copy_repo(dest: Path) -> Path:
