@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io import sha256_file
 from .weights import find_weights, load_state_dict_file, missing_weights_error
 
 HUB_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -64,6 +65,8 @@ class InceptionFeatures(nn.Module):
                                   f"({HUB_NAME} layout expected): {e}") from None
         self.stand_in = path is None
         self.name = "inception" + ("_randinit" if self.stand_in else "")
+        # What features depend on (cache keys of reference statistics).
+        self.weights_id = f"randinit-seed{seed}" if path is None else sha256_file(path)
         self.requires_grad_(False)
         self.train(False)
 
