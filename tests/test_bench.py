@@ -1,0 +1,186 @@
+"""The latency benchmark (pipeline.bench): sane and ordered figures, every runtime runs the
+very network PyTorch runs, the teacher/student ratio, the CLI. Timed assertions compare
+figures measured in the same run (never absolute times); one thread, so that a busy
+machine's scheduling does not stall a thread pool."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipeline import bench
+from pipeline.models.mobile import MobileSynthesis, StudentConfig
+from pipeline.models.stylegan2 import Generator
+
+from .conftest import ENV_BIN, REPO
+from .export.conftest import make_student
+
+FAST = dict(warmup=1, repeats=3, threads=1, peak_n=256)
+
+
+def tiny_student(teacher: Generator, width: int) -> MobileSynthesis:
+    cfg = StudentConfig(resolution=teacher.cfg.resolution, style_dim=teacher.cfg.style_dim,
+                        channels={r: width for r in (4, 8, 16)})
+    return bench.random_student(cfg, seed=0)
+
+
+def test_the_harness_returns_sane_figures():
+    calls = []
+    stats = bench.measure(lambda: calls.append(time.sleep(0.001)), warmup=2, repeats=7)
+    assert len(calls) == 9 and stats["repeats"] == 7
+    assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    assert stats["min_ms"] <= stats["mean_ms"] and stats["min_ms"] >= 1.0  # slept 1 ms each
+    with pytest.raises(bench.BenchError):
+        bench.measure(lambda: None, warmup=0, repeats=0)
+
+
+def test_the_matmul_peak_is_measured_per_implementation():
+    rates = bench.matmul_rates("cpu", threads=1, n=256, warmup=1, repeats=2)
+    assert "mm" in rates and all(r > 0 for r in rates.values())
+    assert bench.peak_gmacs("cpu", threads=1, n=256, warmup=1, repeats=2) > 0
+
+
+def test_machine_info_names_the_cpu_cores_and_runtimes():
+    info = bench.machine_info()
+    assert info["cpu"] and info["logical_cores"] >= info["physical_cores"] >= 1
+    assert info["torch_threads"] >= 1 and info["gpu"] is None
+    assert info["onnxruntime"] and "CPUExecutionProvider" in info["onnxruntime_providers"]
+    assert info["cpu"] in bench.machine_text(info)
+
+
+def test_a_wider_student_is_slower_and_does_more_macs(tiny_teacher):
+    narrow, wide = tiny_student(tiny_teacher, 8), tiny_student(tiny_teacher, 256)
+    result = bench.bench({"narrow": narrow, "wide": wide}, ["pytorch", "onnxruntime"], (1, 2),
+                         warmup=2, repeats=15, threads=1, peak_n=256, teacher=tiny_teacher)
+    info, models = result["model_info"], result["models"]
+    assert info["wide"]["macs"] > 20 * info["narrow"]["macs"] > 0
+    assert result["threads"] == 1 and result["peak_gmacs"] > 0 and not result["skipped"]
+    for rt in ("pytorch", "onnxruntime"):
+        small, big = models["narrow"][rt]["batch_1"], models["wide"][rt]["batch_1"]
+        assert big["median_ms"] > small["median_ms"], rt
+        assert big["gmacs_per_s"] > small["gmacs_per_s"], rt  # overheads weigh less
+        assert models["wide"][rt]["batch_2"]["median_ms"] > big["median_ms"], rt
+        for name in ("narrow", "wide"):
+            for batch in (1, 2):
+                s = models[name][rt][f"batch_{batch}"]
+                assert 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"]
+                achieved = info[name]["macs"] * batch / (s["median_ms"] / 1e3) / 1e9
+                assert s["gmacs_per_s"] == pytest.approx(achieved)
+                assert s["efficiency"] == pytest.approx(achieved / result["peak_gmacs"])
+    assert len(result["rows"]) == 2 * 2 * 2
+    assert torch.get_num_threads() == 2  # restored after the run
+
+
+def test_onnxruntime_runs_the_benchmarked_graph_and_matches_pytorch(tiny_teacher, tmp_path):
+    student = make_student(tiny_teacher)
+    result = bench.bench({"teacher": tiny_teacher, "student": student}, ["pytorch", "onnxruntime"],
+                         (1,), workdir=tmp_path, teacher=tiny_teacher, **FAST)
+    assert not result["skipped"]
+    for name in ("teacher", "student"):
+        # the timed graph computes the training module's image, and ORT computes the graph's
+        assert result["model_info"][name]["graph_max_abs_err"] < 1e-4
+        assert result["parity"][name]["onnxruntime"] < 1e-4
+        assert (tmp_path / name / f"{name}.onnx").is_file()
+    assert result["runtime_devices"]["student"]["onnxruntime"] == "onnxruntime CPU"
+
+
+def test_the_teacher_graph_equals_the_generator_at_batch_two(tiny_teacher):
+    graph = bench.TeacherGraph(tiny_teacher)
+    wplus = torch.randn(2, tiny_teacher.cfg.n_latent, tiny_teacher.cfg.style_dim)
+    with torch.no_grad():
+        want = tiny_teacher.synthesis(wplus, tiny_teacher.make_noise(1, "const"))
+        assert (graph(wplus) - want).abs().max() < 1e-4
+
+
+def test_executorch_runs_the_pte_file_or_says_why_not(tiny_teacher):
+    result = bench.bench({"student": make_student(tiny_teacher)}, ["pytorch", "executorch"], (1, 2),
+                         teacher=tiny_teacher, **FAST)
+    skipped = result["skipped"]
+    if "student/executorch" in skipped:
+        assert skipped["student/executorch"].strip()
+        return
+    assert result["models"]["student"]["executorch"]["batch_1"]["median_ms"] > 0
+    assert result["parity"]["student"]["executorch"] < 1e-4
+    assert "batch 1" in skipped["student/executorch/batch_2"]  # the .pte is exported for batch 1
+
+
+def test_a_runtime_that_fails_is_recorded_not_raised(tiny_teacher, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such provider\nsecond line")
+
+    monkeypatch.setitem(bench._RUNTIME_CLASSES, "onnxruntime", broken)
+    result = bench.bench({"student": make_student(tiny_teacher)}, ["pytorch", "onnxruntime"], (1,),
+                         teacher=tiny_teacher, **FAST)
+    assert result["skipped"] == {"student/onnxruntime": "RuntimeError: no such provider"}
+    assert result["models"]["student"]["pytorch"]["batch_1"]["median_ms"] > 0
+
+
+def test_bad_arguments_fail_before_anything_runs(tiny_teacher):
+    for kwargs in ({"runtimes": ["tensorrt"]}, {"batch_sizes": [0]}, {"repeats": 0}, {"threads": 0}):
+        with pytest.raises(bench.BenchError):
+            bench.bench({"t": tiny_teacher}, **{"runtimes": ["pytorch"], **kwargs})
+    with pytest.raises(bench.BenchError, match="cannot benchmark"):
+        bench.bench({"x": torch.nn.Linear(2, 2)}, ["pytorch"])
+
+
+def test_the_ratio_has_one_entry_per_runtime_and_the_mac_ratio():
+    runtimes = ["pytorch", "onnxruntime", "executorch"]
+    out = bench.latency_ratio_1024(runtimes, resolution=32, channel_max=32, style_dim=32, n_mlp=2,
+                                   **FAST)
+    measured = [rt for rt in runtimes if f"teacher/{rt}" not in out["skipped"]
+                and f"student/{rt}" not in out["skipped"]]
+    assert {"pytorch", "onnxruntime"} <= set(measured)
+    assert sorted(out["latency_ratio"]) == sorted(measured)
+    for rt in measured:
+        r = out["runtimes"][rt]
+        assert out["latency_ratio"][rt] == pytest.approx(r["teacher_ms"] / r["student_ms"])
+    assert out["weights"] == "random (speed only)" and out["resolution"] == 32
+    assert out["mac_ratio"] == pytest.approx(out["teacher_macs"] / out["student_macs"]) and out["mac_ratio"] > 1
+    assert out["mac_ratio_mobilestylegan"] == 9.5 and out["threads"] == 1
+
+
+def test_the_cli_prints_the_table_and_the_ratio(tiny_teacher, tmp_path, capsys):
+    from pipeline.checkpoints import save_teacher
+    from pipeline.checkpoints.project import save_student
+
+    save_teacher(tiny_teacher, tmp_path / "teacher.safetensors")
+    save_student(make_student(tiny_teacher), tmp_path / "student.safetensors")
+    code = bench.main(["--teacher", str(tmp_path / "teacher.safetensors"),
+                       "--student", str(tmp_path / "student.safetensors"),
+                       "--runtimes", "pytorch,onnxruntime", "--batch", "2", "--threads", "1",
+                       "--warmup", "1", "--repeats", "3", "--json", str(tmp_path / "out.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "median ms" in out and "p90 ms" in out and "GMAC/s" in out and "efficiency" in out
+    assert "teacher / student latency ratio" in out and "MobileStyleGAN's paper: 9.5x" in out
+    assert out.count("onnxruntime") >= 4  # 2 models x 2 batches, and the ratio line
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert set(saved["ratio"]["latency_ratio"]) == {"pytorch", "onnxruntime"}
+    assert saved["batch_sizes"] == [1, 2] and saved["threads"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--student", "missing.safetensors"], "--student: no such file"),
+    (["--config-f", "32", "--runtimes", "pytorch,tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--config-f", "33"], "power of two"),
+    (["--config-f", "32", "--batch", "x"], "--batch"),
+    ([], "nothing to benchmark"),
+])
+def test_the_cli_exits_2_with_one_line_on_bad_input(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(bench.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_module_runs_as_a_script():
+    done = subprocess.run([f"{ENV_BIN}/python", "-m", "pipeline.bench", "--runtimes", "nope"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("python -m pipeline.bench: error: unknown runtime")
