@@ -510,7 +510,7 @@ class _PyTorch:
 
 
 class _OnnxRuntime:
-    """The network written by ``export_onnx`` (dynamic batch), a session per batch size."""
+    """The network written by ``export_onnx`` (dynamic batch) in one session."""
 
     name = "onnxruntime"
 
@@ -519,7 +519,6 @@ class _OnnxRuntime:
 
         from .export.formats import export_onnx
 
-        self.ort = ort
         self.options = ort.SessionOptions()
         self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
@@ -533,19 +532,15 @@ class _OnnxRuntime:
         self.where = f"onnxruntime {'+'.join(p.removesuffix('ExecutionProvider') for p in self.providers)}"
         self.path = workdir / f"{target.arch}.onnx"
         export_onnx(target.net, self.path, False, opset)
-        self.sessions: dict[int, Any] = {}
+        self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
 
     def runner(self, x: torch.Tensor) -> Callable[[], Any]:
-        batch = x.shape[0]
-        if batch not in self.sessions:
-            self.sessions[batch] = self.ort.InferenceSession(str(self.path), self.options,
-                                                             providers=self.providers)
-        session = self.sessions[batch]
+        session = self.session
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: torch.from_numpy(np.asarray(session.run(None, feed)[0]))
 
     def close(self) -> None:
-        self.sessions.clear()
+        self.session = None
 
 
 class _ExecuTorch:

@@ -184,3 +184,24 @@ def test_the_module_runs_as_a_script():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("python -m pipeline.bench: error: unknown runtime")
+
+
+def test_the_evaluate_stage_entry_point_uses_its_models_costs(tiny_teacher, tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.models.elastic import subnet
+
+    student = make_student(tiny_teacher)
+    half = subnet(student, [8, 8, 8, 8], 16)
+    models = [SimpleNamespace(name="teacher", module=tiny_teacher, cost={"macs": 1000}),
+              SimpleNamespace(name="full", module=student, cost={"macs": 500}),
+              SimpleNamespace(name="half", module=half, cost={"macs": 100})]
+    cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=2,
+                          threads=1, ratio_1024=False, ratio_repeats=1)
+    latency, ratio = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
+    assert ratio is None and not latency["skipped"]
+    assert [row[:3] for row in latency["rows"]] == [
+        [m, rt, 1] for m in ("teacher", "full", "half") for rt in ("pytorch", "onnxruntime")]
+    assert latency["model_info"]["half"]["macs"] == 100 and latency["model_info"]["half"]["resolution"] == 16
+    assert latency["parity"]["half"]["onnxruntime"] < 1e-4
+    assert tiny_teacher.conv1.conv.weight.device.type == "cpu"  # the caller's modules untouched
