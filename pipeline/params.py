@@ -302,6 +302,60 @@ class Search(Section):
         return self
 
 
+class Reference(Section):
+    """What FID/KID compare with: teacher samples (default: the student imitates the
+    teacher), a folder of real images, or precomputed pytorch-fid statistics (.npz)."""
+
+    source: Literal["teacher", "folder", "npz"] = "teacher"
+    path: str | None = Field(None, description="the folder or the .npz (mu, sigma)")
+    num_samples: Annotated[int, Field(ge=2)] = Field(
+        1000, description="teacher samples or folder images (all of them if fewer)")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        1, description="teacher reference latents: distinct from the evaluated ones")
+
+    @model_validator(mode="after")
+    def _check(self) -> Reference:
+        if self.source != "teacher" and not self.path:
+            raise ValueError(f"source {self.source!r} needs a path")
+        return self
+
+
+class Latency(Section):
+    """Synthesis-network latency in real runtimes (pipeline.bench)."""
+
+    enabled: bool = True
+    runtimes: list[Literal["pytorch", "onnxruntime", "executorch"]] = Field(
+        ["pytorch", "onnxruntime", "executorch"], min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 8], min_length=1)
+    warmup: Annotated[int, Field(ge=0)] = 2
+    repeats: Annotated[int, Field(ge=1)] = 10
+    threads: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="threads for every runtime (null: all cores)")
+    ratio_1024: bool = Field(
+        True, description="also time config-f teacher vs student at 1024x1024 (random "
+        "weights: speed only) -> latency_ratio_1024")
+    ratio_repeats: Annotated[int, Field(ge=1)] = 3
+
+
+class Evaluate(Section):
+    """Teacher, full student and every searched configuration, side by side."""
+
+    num_samples: Annotated[int, Field(ge=2)] = 1000
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    seed: Annotated[int, Field(ge=0)] = 0
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = 1.0
+    reference: Reference = Reference()
+    kid_subsets: Annotated[int, Field(ge=1)] = 100
+    kid_subset_size: Annotated[int, Field(ge=2)] = 1000
+    low_sample_fid: Literal["warn", "fail"] = Field(
+        "fail", description="fewer samples than Inception's 2048 features make the covariance "
+        "rank-deficient (FID biased upward): fail, or warn and flag fid_rank_deficient")
+    features: FeatureExtractor = FeatureExtractor()
+    perceptual: Perceptual = Perceptual()
+    latency: Latency = Latency()
+    grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+
+
 class ExportParity(Section):
     """Every exported file run in its runtime against the PyTorch student on fixed inputs;
     errors in output units (``output_range``), LPIPS on [-1, 1] images."""
@@ -359,6 +413,7 @@ class Params(Section):
     fetch_teacher: FetchTeacher = FetchTeacher()
     distill: Distill = Distill()
     search: Search = Search()
+    evaluate: Evaluate = Evaluate()
     export: Export = Export()
 
 

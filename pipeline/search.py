@@ -9,9 +9,10 @@
 
 Fitness of a candidate: LPIPS (or MSE) between the sub-network's images and the
 reference's (the full student: Anycost's consistency; or the teacher) on fixed
-latents and noise, at the candidate's output resolution (the reference is
-area-downsampled to it). Both distances to both references are recorded. MACs are
-pipeline.cost's physical count of the folded inference network.
+latents and noise, at the full resolution: a lower-resolution output is bilinearly
+up-sampled, as it would be shown, so the detail it lacks counts against it. Both
+distances to both references are recorded. MACs are pipeline.cost's physical count
+of the folded inference network.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .metrics.weights import resolve_weights
 from .models.elastic import output_resolutions, quantize, subnet, uniform_widths
 from .models.mobile import MobileSynthesis, StudentConfig
 from .params import Evolution, Search, parse_macs
-from .training.loss import downsample, teacher_targets
+from .training.loss import teacher_targets, upsample
 
 log = logging.getLogger(__name__)
 CONFIGS_FILE = "configs.json"
@@ -138,9 +139,8 @@ class Evaluator:
             sums = {"lpips": 0.0, "mse": 0.0, "lpips_teacher": 0.0, "mse_teacher": 0.0}
             n = 0
             for wplus, noise, teacher_image, full_image in self.batches:
-                image = sub(wplus, noise)
+                image = upsample(sub(wplus, noise), full_image.shape[-1])
                 for suffix, ref in (("", full_image), ("_teacher", teacher_image)):
-                    ref = downsample(ref, c.resolution)
                     sums[f"lpips{suffix}"] += self.lpips(image, ref).sum().item()
                     sums[f"mse{suffix}"] += (image - ref).pow(2).mean((1, 2, 3)).sum().item()
                 n += len(image)

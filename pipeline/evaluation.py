@@ -1,0 +1,435 @@
+"""The evaluate stage: the teacher, the full student and every searched configuration
+(with its uniform-ratio baseline), side by side on the same latents and noise.
+
+    teacher + student + search configs
+      -> models (sub-networks physically sliced, demodulation folded)
+      -> N fixed latents: each model's images -> Inception features, LPIPS and pixel
+         distance to the teacher (at the model's output resolution)
+      -> FID/KID against the reference statistics (teacher samples from other latents,
+         a real-image folder, or a pytorch-fid .npz; cached)
+      -> params/MACs (pipeline.cost), latency in PyTorch / ONNX Runtime / ExecuTorch
+         (pipeline.bench), the 1024x1024 teacher/student latency ratio
+      -> metrics/evaluate.json, plots/evaluate/*.csv, artifacts/evaluate/ (report.md,
+         grid.png, pareto.png)
+
+Figures computed with stand-in (random) Inception or LPIPS weights carry ``_randinit``
+in their names, in the metrics file, in MLflow and in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import cost
+from .checkpoints import load_teacher
+from .checkpoints.project import load_student
+from .data import RealImages
+from .errors import PipelineError
+from .images import save_grid
+from .io import atomic_dir, atomic_path, sha256_file, write_json
+from .metrics.distances import feature_stats, frechet_distance, kid
+from .metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
+from .metrics.inception import InceptionFeatures
+from .metrics.perceptual import LPIPS
+from .metrics.weights import resolve_weights
+from .models.elastic import subnet
+from .models.mobile import MobileSynthesis, fold_demodulation
+from .models.stylegan2 import Generator
+from .params import Evaluate
+from .training.loss import teacher_targets, upsample
+
+log = logging.getLogger(__name__)
+MOBILESTYLEGAN_MAC_RATIO = 9.5  # the paper's teacher/student MAC ratio at 1024
+
+
+@dataclass
+class Model:
+    """One evaluated network: W+ and noise in, image out."""
+
+    name: str
+    kind: str  # teacher | student | searched | uniform
+    net: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+    module: torch.nn.Module
+    resolution: int
+    cost: dict[str, Any]
+    budget: str | None = None
+
+    @property
+    def gmacs(self) -> float:
+        return self.cost["macs"] / 1e9
+
+
+def build_models(teacher: Generator, student: MobileSynthesis, configs: dict | None) -> list[Model]:
+    """Teacher, full student, and per searched budget its configuration and uniform baseline."""
+    r, d = teacher.cfg.resolution, teacher.cfg.style_dim
+
+    def student_model(name: str, kind: str, widths, res, budget=None) -> Model:
+        net = fold_demodulation(subnet(student, widths, res)).eval()
+        c = cost.count("student", r, widths or student.cfg.full_widths, output_resolution=res,
+                       style_dim=d)
+        return Model(name, kind, net, net, res or r, c, budget)
+
+    models = [
+        Model("teacher", "teacher", teacher.synthesis, teacher, r,
+              cost.count("teacher", r, teacher.cfg.full_widths, style_dim=d,
+                         n_mlp=teacher.cfg.n_mlp)),
+        student_model("full", "student", None, None),
+    ]
+    for name, entry in (configs or {}).get("budgets", {}).items():
+        if entry.get("trivial"):
+            continue  # the full network: already evaluated as "full"
+        try:
+            models.append(student_model(name, "searched", entry["channels"], entry["resolution"],
+                                        name))
+            u = entry["uniform"]
+            models.append(student_model(f"{name}_uniform", "uniform", u["channels"],
+                                        u["resolution"], name))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PipelineError(f"search configs, budget {name!r}: does not fit the student "
+                                f"({type(e).__name__}: {e})") from None
+    return models
+
+
+@dataclass
+class Samples:
+    """Per model: Inception features and mean distances to the teacher on the same latents."""
+
+    features: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    grid: dict[str, torch.Tensor] = field(default_factory=dict)
+    n: int = 0
+
+
+@torch.no_grad()
+def sample_models(models: list[Model], teacher: Generator, cfg: Evaluate, features: InceptionFeatures,
+                  lpips: LPIPS, device: torch.device, progress: bool = True) -> Samples:
+    out = Samples()
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(total=cfg.num_samples, desc="evaluate", unit="img", disable=not progress,
+               dynamic_ncols=True)
+    while out.n < cfg.num_samples:
+        n = min(cfg.batch_size, cfg.num_samples - out.n)
+        t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
+        for m in models:
+            image = t.image if m.kind == "teacher" else m.net(t.wplus, t.noise)
+            image = upsample(image, t.image.shape[-1])  # shown at full size, as search scores it
+            ref = t.image
+            out.features.setdefault(m.name, []).append(features(image.float()).double().cpu().numpy())
+            s = out.sums.setdefault(m.name, {"lpips": 0.0, "pixel_l1": 0.0, "mse": 0.0})
+            s["lpips"] += lpips(image, ref).sum().item()
+            s["pixel_l1"] += (image - ref).abs().mean((1, 2, 3)).sum().item()
+            s["mse"] += (image - ref).pow(2).mean((1, 2, 3)).sum().item()
+            if m.name not in out.grid:
+                out.grid[m.name] = image[: cfg.grid_samples].float().cpu()  # already full size
+        out.n += n
+        bar.update(n)
+    bar.close()
+    return out
+
+
+def reference_stats(cfg: Evaluate, teacher: Generator, teacher_sha256: str,
+                    features: InceptionFeatures, cache_dir: Path, device: torch.device,
+                    progress: bool = True) -> tuple[ReferenceStats, bool]:
+    """The reference of FID/KID and whether it came from the cache."""
+    ref = cfg.reference
+    common = {"features": features.name, "feature_weights": features.weights_id,
+              "resolution": teacher.cfg.resolution}
+    if ref.source == "npz":
+        stats = load_npz(ref.path)
+        return stats, False
+    if ref.source == "teacher":
+        parts = {"source": "teacher", "teacher": teacher_sha256, "n": ref.num_samples,
+                 "seed": ref.seed, "psi": cfg.truncation_psi, **common}
+
+        @torch.no_grad()
+        def compute() -> np.ndarray:
+            g = torch.Generator().manual_seed(ref.seed)
+            feats, done = [], 0
+            bar = tqdm(total=ref.num_samples, desc="reference", unit="img",
+                       disable=not progress, dynamic_ncols=True)
+            while done < ref.num_samples:
+                n = min(cfg.batch_size, ref.num_samples - done)
+                t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
+                feats.append(features(t.image.float()).double().cpu().numpy())
+                done += n
+                bar.update(n)
+            bar.close()
+            return np.concatenate(feats)
+
+        return cached_stats(cache_dir, parts, f"teacher samples (seed {ref.seed})", compute)
+    images = RealImages(ref.path, teacher.cfg.resolution)
+    files = images.files[: ref.num_samples]
+    parts = {"source": "folder", "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                           for p in files], **common}
+
+    @torch.no_grad()
+    def compute_folder() -> np.ndarray:
+        feats = []
+        for start in tqdm(range(0, len(files), cfg.batch_size), desc="reference", unit="batch",
+                          disable=not progress, dynamic_ncols=True):
+            batch = torch.stack([images.load(p) for p in files[start:start + cfg.batch_size]])
+            feats.append(features(batch.to(device)).double().cpu().numpy())
+        return np.concatenate(feats)
+
+    return cached_stats(cache_dir, parts, f"{len(files)} images in {ref.path}", compute_folder)
+
+
+def quality(feats: np.ndarray, ref: ReferenceStats, cfg: Evaluate) -> dict[str, float]:
+    mu, sigma = feature_stats(feats)
+    out = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    if ref.features is not None:
+        m = min(cfg.kid_subset_size, len(feats), len(ref.features))
+        out["kid"], out["kid_std"] = kid(feats, ref.features, cfg.kid_subsets, m, seed=cfg.seed)
+    return out
+
+
+def named(metrics: dict[str, float], fid_stand_in: bool, lpips_stand_in: bool) -> dict[str, float]:
+    """fid/kid on a stand-in Inception and lpips on a stand-in backbone say so."""
+    out = {}
+    for k, v in metrics.items():
+        if fid_stand_in and k.split("_")[0] in ("fid", "kid"):
+            k = k.replace(k.split("_")[0], f"{k.split('_')[0]}_randinit", 1)
+        elif lpips_stand_in and k == "lpips":
+            k = "lpips_randinit"
+        out[k] = v
+    return out
+
+
+def evaluate_models(cfg: Evaluate, teacher: Generator, student: MobileSynthesis, configs: dict | None,
+                    teacher_sha256: str, cache_dir: str | Path, device: torch.device,
+                    progress: bool = True) -> tuple[list[Model], dict[str, Any], Samples]:
+    """Quality and cost of every model; returns (models, per-model figures, samples)."""
+    f, p = cfg.features, cfg.perceptual
+    features = InceptionFeatures(resolve_weights(f.weights, cache_dir), stand_in=f.stand_in).to(device)
+    lpips = LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
+                  size=p.size).to(device)
+    deficient = check_sample_count(cfg.num_samples, cfg.low_sample_fid, "evaluated models",
+                                   "evaluate.num_samples")
+    teacher, student = teacher.to(device).eval(), student.to(device).eval()
+    models = build_models(teacher, student, configs)
+    ref, cached = reference_stats(cfg, teacher, teacher_sha256, features, Path(cache_dir) / "fid-stats",
+                                  device, progress)
+    if ref.n is not None:
+        deficient |= check_sample_count(ref.n, cfg.low_sample_fid, f"reference ({ref.source})",
+                                        "evaluate.reference.num_samples")
+    samples = sample_models(models, teacher, cfg, features, lpips, device, progress)
+    figures: dict[str, Any] = {}
+    for m in models:
+        feats = np.concatenate(samples.features[m.name])
+        dist = {k: v / samples.n for k, v in samples.sums[m.name].items()}
+        figures[m.name] = {
+            **named({**quality(feats, ref, cfg), **dist}, features.stand_in, lpips.stand_in),
+            "params": m.cost["params"], "macs": m.cost["macs"], "macs_anycost": m.cost["macs_anycost"],
+            "resolution": m.resolution,
+        }
+    figures["_meta"] = {"samples": samples.n, "reference_samples": ref.n or 0,
+                        "reference_cached": int(cached), "fid_rank_deficient": int(deficient),
+                        "stand_in_features": int(features.stand_in),
+                        "stand_in_lpips": int(lpips.stand_in),
+                        "reference": ref.source, "fid_name": "fid_randinit" if features.stand_in else "fid",
+                        "lpips_name": "lpips_randinit" if lpips.stand_in else "lpips"}
+    return models, figures, samples
+
+
+# -- outputs -------------------------------------------------------------------------
+def grid_image(models: list[Model], samples: Samples) -> torch.Tensor:
+    """Rows: samples; columns: teacher | full student | each budget (same latents)."""
+    columns = [samples.grid[m.name] for m in models if m.kind != "uniform"]
+    return torch.stack(columns, 1).flatten(0, 1)
+
+
+def write_quality_csv(models: list[Model], figures: dict[str, Any], path: Path) -> None:
+    meta = figures["_meta"]
+    rows = [{"model": m.name, "kind": m.kind, "gmacs": m.gmacs,
+             "fid": figures[m.name][meta["fid_name"]], "lpips": figures[m.name][meta["lpips_name"]]}
+            for m in models]
+    _write_csv(rows, path)
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_pareto(models: list[Model], figures: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = figures["_meta"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for ax, key in zip(axes, (meta["fid_name"], meta["lpips_name"]), strict=True):
+        for kind, style in (("uniform", "s--"), ("searched", "*")):
+            pts = sorted((m.gmacs, figures[m.name][key]) for m in models if m.kind == kind)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, ms=10 if kind == "searched" else 6,
+                        label="uniform channel ratio" if kind == "uniform" else "searched")
+        for m in models:
+            if m.kind in ("teacher", "student"):
+                ax.plot(m.gmacs, figures[m.name][key], "o", label=m.name)
+        for m in models:
+            if m.kind != "uniform":
+                ax.annotate(m.name, (m.gmacs, figures[m.name][key]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("GMACs (physical, log scale)")
+        ax.set_ylabel(f"{key} to the teacher" if "lpips" in key else f"{key} (reference: {meta['reference']})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def metrics_json(models: list[Model], figures: dict[str, Any], latency: dict[str, Any] | None,
+                 ratio: dict[str, Any] | None) -> dict[str, Any]:
+    """metrics/evaluate.json: numbers only (strings live in the report)."""
+    meta = {k: v for k, v in figures["_meta"].items() if isinstance(v, int | float)}
+    out: dict[str, Any] = {
+        "teacher": figures["teacher"], "student": figures["full"],
+        "models": {m.name: figures[m.name] for m in models}, **meta,
+    }
+    if latency:
+        for m in models:
+            out["models"][m.name]["latency"] = latency["models"].get(m.name, {})
+        out["peak_gmacs"] = latency.get("peak_gmacs")
+        out["threads"] = latency.get("threads")
+    if ratio:
+        out["latency_ratio_1024"] = ratio["latency_ratio"]
+        out["mac_ratio_1024"] = ratio["mac_ratio"]
+        out["mac_ratio_1024_mobilestylegan"] = MOBILESTYLEGAN_MAC_RATIO
+    return _numbers(out)
+
+
+def _numbers(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _numbers(v) for k, v in x.items() if isinstance(v, dict | int | float)
+                and not isinstance(v, bool) and (not isinstance(v, float) or math.isfinite(v))}
+    return x
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v) if v is not None else "-"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
+
+
+def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any] | None,
+           ratio: dict[str, Any] | None, context: dict[str, Any]) -> str:
+    """The human-readable report (Markdown): tables, the grid and the Pareto plot."""
+    meta = figures["_meta"]
+    fid, lp = meta["fid_name"], meta["lpips_name"]
+    kid_name = fid.replace("fid", "kid")
+    lines = ["# Evaluation: teacher vs students", "",
+             f"Teacher: `{context['teacher']}`. Student: `{context['student']}`. "
+             f"{meta['samples']} samples per model on the same latents and noise "
+             f"(truncation psi {context['truncation_psi']}); FID/KID reference: {meta['reference']} "
+             f"({meta['reference_samples'] or 'precomputed'} samples).", ""]
+    notes = []
+    if meta["stand_in_features"]:
+        notes.append("Inception runs on **stand-in (random) weights**: `*_randinit` figures "
+                     "rank models but are not comparable with published FIDs.")
+    if meta["stand_in_lpips"]:
+        notes.append("LPIPS runs on a **stand-in (random) backbone** (`lpips_randinit`).")
+    if meta["fid_rank_deficient"]:
+        notes.append("Fewer samples than Inception's 2048 features: FID is biased upward; "
+                     "compare only at equal sample counts.")
+    if context.get("stand_in_teacher"):
+        notes.append("The teacher itself is a **random stand-in** (offline profile).")
+    lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+    lines += ["## Quality and cost", ""]
+    lines += _table(["model", "kind", "output", "params", "GMACs", fid, kid_name, lp, "pixel L1"],
+                    [[m.name, m.kind, f"{m.resolution}px", m.cost["params"], round(m.gmacs, 4),
+                      figures[m.name].get(fid), figures[m.name].get(kid_name),
+                      figures[m.name].get(lp), figures[m.name]["pixel_l1"]] for m in models])
+    lines += ["", "MACs: physical multiply-accumulates of the synthesis network "
+              "(pipeline.cost); LPIPS and pixel L1 against the teacher's image of the same "
+              "latents at full resolution (lower-resolution outputs bilinearly up-sampled).", ""]
+    if latency:
+        lines += ["## Latency", "", f"Machine: {latency.get('machine_text', '-')}; "
+                  f"{latency.get('threads')} threads; measured matmul peak "
+                  f"{_fmt(latency.get('peak_gmacs'))} GMAC/s.", ""]
+        lines += _table(["model", "runtime", "batch", "median ms", "p90 ms", "GMAC/s", "efficiency"],
+                        latency["rows"])
+        if latency.get("skipped"):
+            lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in latency["skipped"].items())]
+        lines.append("")
+    if ratio:
+        lines += ["## Teacher / student at 1024x1024 (config-f, random weights: speed only)", ""]
+        lines += _table(["runtime", "teacher ms", "student ms", "latency ratio"],
+                        [[rt, r["teacher_ms"], r["student_ms"], ratio["latency_ratio"][rt]]
+                         for rt, r in ratio["runtimes"].items() if rt in ratio["latency_ratio"]])
+        lines += ["", f"MAC ratio (pipeline.cost, physical): {ratio['mac_ratio']:.2f}x; "
+                  f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x.", ""]
+    names = [m.name for m in models if m.kind != "uniform"]
+    lines += ["## Samples", "", f"Columns: {' | '.join(names)} (same latents and noise; "
+              "lower-resolution outputs up-sampled).", "", "![samples](grid.png)", "",
+              "## Cost vs quality", "", "![pareto](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def run_evaluate(cfg: Evaluate, teacher_path: str | Path, student_path: str | Path,
+                 configs_path: str | Path | None, out_dir: str | Path, plots_dir: str | Path,
+                 cache_dir: str | Path, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage; returns (metrics/evaluate.json content, MLflow tags)."""
+    loaded = load_teacher(teacher_path)
+    teacher = loaded.generator
+    student, header = load_student(student_path)
+    if student.cfg.resolution != teacher.cfg.resolution:
+        raise PipelineError(f"evaluate: student ({student.cfg.resolution}) and teacher "
+                            f"({teacher.cfg.resolution}) resolutions differ")
+    configs = None
+    if configs_path and Path(configs_path).is_file():
+        configs = json.loads(Path(configs_path).read_text())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models, figures, samples = evaluate_models(cfg, teacher, student, configs,
+                                               sha256_file(teacher_path), cache_dir, device, progress)
+    latency = ratio = None
+    if cfg.latency.enabled:
+        from .bench import evaluate_latency
+
+        latency, ratio = evaluate_latency(cfg.latency, models, teacher, Path(cache_dir) / "bench")
+    metrics = metrics_json(models, figures, latency, ratio)
+    meta_path = Path(teacher_path).parent / "metadata.json"  # written by fetch_teacher
+    stand_in_teacher = bool(meta_path.is_file()
+                            and json.loads(meta_path.read_text()).get("random_weights"))
+    context = {"teacher": str(teacher_path), "student": str(student_path),
+               "truncation_psi": cfg.truncation_psi, "stand_in_teacher": stand_in_teacher}
+    with atomic_dir(out_dir) as tmp:
+        save_grid(grid_image(models, samples), tmp / "grid.png",
+                  nrow=sum(m.kind != "uniform" for m in models))
+        plot_pareto(models, figures, tmp / "pareto.png")
+        (tmp / "report.md").write_text(report(models, figures, latency, ratio, context))
+        write_json(tmp / "evaluate.json", metrics)
+    write_quality_csv(models, figures, Path(plots_dir) / "quality.csv")
+    if latency:
+        _write_csv([dict(zip(["model", "runtime", "batch", "median_ms", "p90_ms", "gmacs_per_s",
+                              "efficiency"], row, strict=True)) for row in latency["rows"]],
+                   Path(plots_dir) / "latency.csv")
+    meta = figures["_meta"]
+    tags = {"stand_in_weights": str(bool(meta["stand_in_features"] or meta["stand_in_lpips"])).lower(),
+            "fid_reference": meta["reference"], "student_ema": header.get("ema", "unknown"),
+            "stand_in_teacher": str(stand_in_teacher).lower()}
+    return metrics, tags

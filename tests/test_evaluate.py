@@ -1,0 +1,168 @@
+"""The evaluate stage: teacher, full student and searched configurations side by side;
+reference statistics from teacher samples, a folder or an .npz; bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from components.evaluate import main
+from pipeline.checkpoints import save_teacher
+from pipeline.checkpoints.project import save_student
+from pipeline.errors import PipelineError
+from pipeline.evaluation import run_evaluate
+from pipeline.models.elastic import uniform_widths
+from pipeline.models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
+from pipeline.params import parse_params
+from pipeline.training.loss import teacher_targets
+from tests.conftest import tiny_params
+
+
+def tiny_evaluate(**overrides) -> dict:
+    cfg = {"num_samples": 8, "batch_size": 8, "low_sample_fid": "warn", "grid_samples": 2,
+           "kid_subsets": 5, "reference": {"num_samples": 8},
+           "features": {"stand_in": True}, "perceptual": {"net": "alex", "stand_in": True},
+           "latency": {"enabled": False}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def evaluate_cfg(**overrides):
+    return parse_params({**tiny_params(), "evaluate": tiny_evaluate(**overrides)}).evaluate
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_teacher):
+    """Teacher, an untrained calibrated student and a search result with one budget."""
+    cfg = StudentConfig.from_teacher(tiny_teacher.cfg.channels, 32, tiny_teacher.cfg.style_dim)
+    student = MobileSynthesis(cfg)
+    t = teacher_targets(tiny_teacher, 8, 1.0, 0.0, torch.Generator().manual_seed(0),
+                        torch.device("cpu"))
+    calibrate_demodulation(student, t.wplus, t.noise)
+    save_teacher(tiny_teacher, tmp_path / "teacher.safetensors")
+    save_student(student, tmp_path / "student.safetensors", {"ema": "true"})
+    half, quarter = uniform_widths(cfg, 0.5), uniform_widths(cfg, 0.25)
+    configs = {"budgets": {
+        "b16": {"channels": half, "resolution": 16, "trivial": False,
+                "uniform": {"channels": quarter, "resolution": 32}},
+        "all": {"channels": cfg.full_widths, "resolution": 32, "trivial": True,
+                "uniform": {"channels": cfg.full_widths, "resolution": 32}},
+    }}
+    (tmp_path / "configs.json").write_text(json.dumps(configs))
+    return tmp_path
+
+
+def run(inputs, cfg, **kw):
+    return run_evaluate(cfg, inputs / "teacher.safetensors", inputs / "student.safetensors",
+                        inputs / "configs.json", inputs / "out", inputs / "plots",
+                        inputs / "cache", progress=False, **kw)
+
+
+def test_every_model_side_by_side_with_stand_in_names(inputs):
+    metrics, tags = run(inputs, evaluate_cfg())
+    assert set(metrics["models"]) == {"teacher", "full", "b16", "b16_uniform"}  # trivial: = full
+    for entry in (metrics["teacher"], metrics["student"]):
+        assert {"fid_randinit", "kid_randinit", "lpips_randinit", "pixel_l1", "params", "macs"} <= set(entry)
+        assert "fid" not in entry and "kid" not in entry
+    assert metrics["teacher"]["lpips_randinit"] == 0 and metrics["teacher"]["pixel_l1"] == 0
+    # an untrained student is further from the teacher's distribution than the teacher is
+    assert metrics["teacher"]["fid_randinit"] < metrics["student"]["fid_randinit"]
+    assert metrics["models"]["b16"]["resolution"] == 16
+    assert metrics["models"]["b16"]["macs"] < metrics["student"]["macs"] < metrics["teacher"]["macs"]
+    assert metrics["fid_rank_deficient"] == 1 and metrics["stand_in_features"] == 1
+    assert tags["stand_in_weights"] == "true"
+    report = (inputs / "out" / "report.md").read_text()
+    assert "stand-in (random) weights" in report and "fid_randinit" in report
+    assert "| b16 | searched | 16px |" in report
+    grid = Image.open(inputs / "out" / "grid.png")
+    assert grid.size[0] > grid.size[1]  # 3 columns (teacher, full, b16) x 2 samples
+    assert (inputs / "out" / "pareto.png").stat().st_size > 10_000
+    rows = (inputs / "plots" / "quality.csv").read_text().splitlines()
+    assert rows[0] == "model,kind,gmacs,fid,lpips" and len(rows) == 5
+
+
+def test_reference_statistics_are_cached_by_what_they_depend_on(inputs):
+    first, _ = run(inputs, evaluate_cfg())
+    again, _ = run(inputs, evaluate_cfg())
+    assert first["reference_cached"] == 0 and again["reference_cached"] == 1
+    assert again["teacher"]["fid_randinit"] == pytest.approx(first["teacher"]["fid_randinit"])
+    other, _ = run(inputs, evaluate_cfg(reference={"seed": 7}))
+    assert other["reference_cached"] == 0
+
+
+def test_a_real_image_folder_of_mixed_sizes_is_resized_consistently(inputs):
+    folder = inputs / "real"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 40), (64, 48), (32, 32), (50, 70)] * 3):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    metrics, _ = run(inputs, evaluate_cfg(reference={"source": "folder", "path": str(folder)}))
+    assert metrics["reference_samples"] == 8  # num_samples of the 12 images
+    assert math.isfinite(metrics["student"]["fid_randinit"])
+    assert metrics["reference_cached"] == 0
+    (folder / "broken.png").write_text("not an image")
+    with pytest.raises(PipelineError, match="broken.png: unreadable image"):
+        run(inputs, evaluate_cfg(reference={"source": "folder", "path": str(folder), "num_samples": 20}))
+
+
+def test_too_few_samples_fail_by_default_naming_the_key(inputs):
+    with pytest.raises(PipelineError, match="evaluate.num_samples"):
+        run(inputs, evaluate_cfg(low_sample_fid="fail"))
+    assert not (inputs / "out").exists()  # decided before any output
+
+
+def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch, mlflow_uri):
+    monkeypatch.chdir(inputs)
+    params = {**tiny_params(), "evaluate": tiny_evaluate()}
+    (inputs / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["--params", "params.yaml", "--teacher", "teacher.safetensors",
+            "--student", "student.safetensors", "--search", "configs.json", "--out", "out",
+            "--plots", "plots", "--metrics", "evaluate.json", "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((inputs / "evaluate.json").read_text())
+    (run_,) = [r for r in mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
+               if r.data.tags.get("stage") == "evaluate"]
+    assert run_.data.metrics["student.fid_randinit"] == pytest.approx(metrics["student"]["fid_randinit"])
+    assert run_.data.metrics["b16.lpips_randinit"] == pytest.approx(metrics["models"]["b16"]["lpips_randinit"])
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id, "evaluate")}
+    assert {"evaluate/report.md", "evaluate/grid.png", "evaluate/pareto.png"} <= logged
+
+    np.savez(inputs / "ref.npz", mu=np.zeros(10), sigma=np.eye(10))
+    params["evaluate"]["reference"] = {"source": "npz", "path": "ref.npz"}
+    (inputs / "params.yaml").write_text(yaml.safe_dump(params))
+    before = (inputs / "out" / "report.md").read_text()
+    assert main(args) == 2
+    assert (inputs / "out" / "report.md").read_text() == before  # nothing half-written
+
+
+def test_missing_inception_weights_say_how_to_provide_them(inputs):
+    with pytest.raises(PipelineError, match="features.weights|stand_in"):
+        run(inputs, evaluate_cfg(features={"stand_in": False}))
+
+
+def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
+    cfg = evaluate_cfg(latency={"enabled": True, "runtimes": ["pytorch", "onnxruntime"],
+                                "batch_sizes": [1], "warmup": 1, "repeats": 3, "threads": 1,
+                                "ratio_1024": False})
+    metrics, _ = run(inputs, cfg)
+    for name in ("teacher", "full", "b16"):
+        for runtime in ("pytorch", "onnxruntime"):
+            timing = metrics["models"][name]["latency"][runtime]["batch_1"]
+            assert 0 < timing["median_ms"] <= timing["p90_ms"]
+            assert timing["gmacs_per_s"] > 0
+    assert metrics["peak_gmacs"] > 0 and metrics["threads"] == 1
+    assert "latency_ratio_1024" not in metrics  # not asked for
+    rows = (inputs / "plots" / "latency.csv").read_text().splitlines()
+    assert rows[0].startswith("model,runtime,batch,median_ms") and len(rows) == 1 + 4 * 2
+    assert "## Latency" in (inputs / "out" / "report.md").read_text()
