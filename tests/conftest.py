@@ -87,6 +87,21 @@ def tiny_export() -> dict:
             "registry": {"name": "tiny-student"}}
 
 
+def tiny_evaluate(**overrides) -> dict:
+    """A seconds-long evaluation: 8 samples, stand-in Inception/LPIPS, PyTorch latency only."""
+    cfg = {"num_samples": 8, "batch_size": 8, "low_sample_fid": "warn", "grid_samples": 2,
+           "kid_subsets": 5, "reference": {"num_samples": 8},
+           "features": {"stand_in": True}, "perceptual": {"net": "alex", "stand_in": True},
+           "latency": {"runtimes": ["pytorch"], "batch_sizes": [1], "warmup": 1, "repeats": 2,
+                       "threads": 1, "ratio_1024": False}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
     """params.yaml content for a few-second pipeline run."""
     fetch = {
@@ -97,7 +112,7 @@ def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
         **fetch_overrides,
     }
     return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill(),
-            "search": tiny_search(), "export": tiny_export()}
+            "search": tiny_search(), "evaluate": tiny_evaluate(), "export": tiny_export()}
 
 
 def copy_repo(dest: Path) -> Path:

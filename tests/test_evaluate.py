@@ -22,24 +22,13 @@ from pipeline.models.elastic import uniform_widths
 from pipeline.models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
 from pipeline.params import parse_params
 from pipeline.training.loss import teacher_targets
-from tests.conftest import tiny_params
-
-
-def tiny_evaluate(**overrides) -> dict:
-    cfg = {"num_samples": 8, "batch_size": 8, "low_sample_fid": "warn", "grid_samples": 2,
-           "kid_subsets": 5, "reference": {"num_samples": 8},
-           "features": {"stand_in": True}, "perceptual": {"net": "alex", "stand_in": True},
-           "latency": {"enabled": False}}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return cfg
+from tests.conftest import tiny_evaluate, tiny_params
 
 
 def evaluate_cfg(**overrides):
-    return parse_params({**tiny_params(), "evaluate": tiny_evaluate(**overrides)}).evaluate
+    """Latency off unless a test asks for it (it has its own test)."""
+    cfg = tiny_evaluate(**{"latency": {"enabled": False}, **overrides})
+    return parse_params({**tiny_params(), "evaluate": cfg}).evaluate
 
 
 @pytest.fixture
@@ -124,7 +113,7 @@ def test_too_few_samples_fail_by_default_naming_the_key(inputs):
 
 def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch, mlflow_uri):
     monkeypatch.chdir(inputs)
-    params = {**tiny_params(), "evaluate": tiny_evaluate()}
+    params = {**tiny_params(), "evaluate": tiny_evaluate(latency={"enabled": False})}
     (inputs / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["--params", "params.yaml", "--teacher", "teacher.safetensors",
             "--student", "student.safetensors", "--search", "configs.json", "--out", "out",

@@ -44,6 +44,12 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     half = searched["budgets"]["half"]
     assert half["macs"] <= half["budget_macs"] and half["lpips"] <= half["uniform_lpips"]
     assert (repo / "artifacts/search/configs.json").exists()
+    evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert {"fid_randinit", "kid_randinit", "lpips_randinit"} <= set(evaluated["student"])
+    assert evaluated["models"]["full"]["latency"]["pytorch"]["batch_1"]["median_ms"] > 0
+    assert (repo / "artifacts/evaluate/report.md").exists()
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert {"full", "half"} <= set(exported["models"])
 
     again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     assert "didn't change, skipping" in again.stdout + again.stderr
@@ -56,7 +62,7 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
     stages = sorted(r.data.tags["stage"] for r in runs if r.data.tags["role"] == "stage")
-    assert stages == ["distill", "export", "fetch_teacher", "search"]  # the no-op repro: no run
+    assert stages == ["distill", "evaluate", "export", "fetch_teacher", "search"]  # no-op: no run
     (parent,) = [r for r in runs if r.data.tags["role"] == "pipeline"]
     for stage in runs:
         if stage.data.tags["role"] == "stage":
@@ -84,7 +90,7 @@ def test_changing_a_param_reruns_its_stage_and_everything_downstream(repo, tmp_p
     assert json.loads((repo / "metrics/distill.json").read_text())["steps"] == 10
     out = run([f"{ENV_BIN}/dvc", "exp", "run", "-S", "search.evolution.seed=3"], repo, env)
     text = out.stdout + out.stderr
-    assert "Running stage 'search'" in text and "Running stage 'export'" in text
+    assert all(f"Running stage '{s}'" in text for s in ("search", "evaluate", "export"))
     assert "Running stage 'distill'" not in text
 
 
