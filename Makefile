@@ -8,7 +8,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint mlflow-ui clean-env
+.PHONY: setup repro test browser lint mlflow-ui images stack-up stack-down clean-env
 
 # uv lives in its own small venv (.tools/) so `uv sync` can manage .venv exactly.
 .tools/bin/uv:
@@ -31,14 +31,38 @@ repro: setup
 	  dvc repro; \
 	fi
 
-test: setup
+test: setup browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# tests/test_mlflow_ui.py drives a headless Chromium: install Debian's when it is missing and
+# we can (root, apt-get); never fatal, the test skips itself without a browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium + chromium-driver (apt-get) for the MLflow UI test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	    || echo "could not install chromium: the MLflow UI test will be skipped"; \
+	  else echo "no chromium (and not root with apt-get): the MLflow UI test will be skipped"; fi; }
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline components dags tests
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# The project image (CPU and CUDA variants, infra/Dockerfile) and the team stack (infra/compose.yaml).
+IMAGE ?= stylegan-mobile:0.1.0
+images:
+	docker build -f infra/Dockerfile --target cpu -t $(IMAGE)-cpu .
+	docker build -f infra/Dockerfile --target cuda -t $(IMAGE)-cuda .
+
+stack-up:
+	docker compose -f infra/compose.yaml up -d
+
+stack-down:
+	docker compose -f infra/compose.yaml down
 
 clean-env:
 	rm -rf $(VENV) .tools
