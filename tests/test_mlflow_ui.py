@@ -1,0 +1,173 @@
+"""What a reviewer sees: the MLflow UI (a real `mlflow server` on loopback, headless Chromium)
+shows a pipeline's parent run, its stage runs, their key metrics and the sample grid.
+
+Screenshots go to the test's tmp path and, when set, to $TEST_ARTIFACTS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from tests.conftest import ENV_BIN, REPO, tiny_params
+
+pytestmark = pytest.mark.slow
+
+GROUP = "airflow-manual__ui-review"
+WAIT_S = 60
+
+
+def _browser() -> tuple[str, str]:
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if chromium is None:
+        pytest.skip("no chromium binary: install Debian's chromium and chromium-driver "
+                    "(make test does it when run as root with apt-get)")
+    driver = shutil.which("chromedriver")
+    if driver is None:
+        pytest.skip(f"{chromium} found but no chromedriver: install Debian's chromium-driver")
+    return chromium, driver
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = _browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000"):
+        options.add_argument(arg)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path) -> Iterator[str]:
+    """`mlflow server` on a free loopback port: SQLite runs, artifacts proxied to a folder."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [f"{ENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture
+def pipeline_runs(mlflow_server, tmp_path, monkeypatch) -> dict[str, str]:
+    """A parent run with two nested stage runs, as the DAG makes them, through the server."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.params import load_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, GROUP)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    params = load_params(tmp_path / "params.yaml")
+    grid = tmp_path / "samples.png"
+    Image.new("RGB", (128, 64), (200, 40, 40)).save(grid)  # teacher row / student row stand-in
+    tags = {"stand_in_weights": "true", "profile": "test-tiny"}
+    with tracking.stage_run("fetch_teacher", params.fetch_teacher, tags=tags, root=REPO) as run:
+        run.log_metrics({"params": 1234567, "resolution": 32})
+        teacher = run.run_id
+    with tracking.stage_run("distill", params.distill, tags=tags, root=REPO) as run:
+        run.log_metrics({"lpips_to_teacher_end": 0.4321, "images_per_second": 12.5})
+        run.log_artifact(grid, "distill")
+        distill = run.run_id
+    client = mlflow.MlflowClient()
+    parent = client.get_run(distill).data.tags["mlflow.parentRunId"]
+    return {"experiment": client.get_run(parent).info.experiment_id, "parent": parent,
+            "fetch_teacher": teacher, "distill": distill}
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> None:
+    driver.save_screenshot(str(tmp_path / name))
+    if os.environ.get("TEST_ARTIFACTS"):
+        out = Path(os.environ["TEST_ARTIFACTS"]) / "mlflow_ui"
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tmp_path / name, out / name)
+
+
+def test_the_mlflow_ui_shows_the_pipeline_run_its_stage_runs_metrics_and_sample_grid(
+        browser, mlflow_server, pipeline_runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    experiment = f"{mlflow_server}/#/experiments/{pipeline_runs['experiment']}"
+
+    # The runs table: the parent run, expanded to show its stage runs.
+    browser.get(f"{experiment}/runs")
+    wait.until(lambda d: f"pipeline {GROUP}" in d.page_source)
+    row = browser.find_element(By.CSS_SELECTOR, f"div[role=row][row-id='{pipeline_runs['parent']}']")
+    row.find_element(By.CSS_SELECTOR, "div[role=gridcell][col-id*='Run Name'] button").click()
+    for stage in ("fetch_teacher", "distill"):
+        wait.until(lambda d, s=stage: d.find_elements(By.CSS_SELECTOR, f"div[role=row][row-id='{pipeline_runs[s]}']"))
+    cells = browser.find_elements(By.CSS_SELECTOR, "div[role=gridcell][col-id*='Run Name']")
+    names = {c.text.strip().splitlines()[-1] for c in cells if c.text.strip()}  # after the colour tag
+    assert {f"pipeline {GROUP}", "fetch_teacher", "distill"} <= names, names
+    screenshot(browser, tmp_path, "runs.png")
+
+    # A stage run: its key metrics, its parent, the provenance tags.
+    browser.get(f"{experiment}/runs/{pipeline_runs['distill']}")
+    shown = ("lpips_to_teacher_end", "Parent run", f"pipeline {GROUP}", "git_commit")
+    wait.until(lambda d: all(s in d.find_element(By.TAG_NAME, "body").text for s in shown))
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "0.4321" in text and "images_per_second" in text and "12.5" in text
+    assert "Parent run" in text and f"pipeline {GROUP}" in text
+    assert "stand_in_weights" in text and "git_commit" in text
+    screenshot(browser, tmp_path, "distill_run.png")
+
+    browser.get(f"{experiment}/runs/{pipeline_runs['fetch_teacher']}")
+    wait.until(lambda d: "resolution" in d.find_element(By.TAG_NAME, "body").text)
+    assert "1234567" in browser.find_element(By.TAG_NAME, "body").text
+
+    # The sample grid, previewed from the artifact store through the server.
+    browser.get(f"{experiment}/runs/{pipeline_runs['distill']}/artifacts/distill/samples.png")
+
+    def grid_image(d):
+        for img in d.find_elements(By.TAG_NAME, "img"):
+            if img.get_attribute("src").startswith("blob:") and img.get_attribute("naturalWidth") == "128":
+                return img
+        return None
+
+    image = wait.until(grid_image)
+    assert image.get_attribute("naturalHeight") == "64" and image.is_displayed()
+    screenshot(browser, tmp_path, "distill_samples.png")
