@@ -265,3 +265,30 @@ def test_the_dag_file_parses_in_well_under_a_second(runner, tmp_path):
           f"(first {figures['first_parse_s'] * 1000:.0f} ms; airflow imports before it "
           f"{figures['pre_import_s']:.2f} s)")
     assert figures["first_parse_s"] < 1.0
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_with_overrides_runs_the_stage_with_them_and_restores_params(tmp_path):
+    """A manual run end to end (`airflow dags test -c`), on a copy trimmed to fetch_teacher."""
+    from tests.conftest import ENV_BIN, copy_repo, env_with_venv, tiny_params
+
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch_teacher": stages["fetch_teacher"]}}))
+    committed = (repo / "params.yaml").read_bytes()
+    home = tmp_path / "airflow"
+    env = env_with_venv(
+        AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        STYLEGAN_MOBILE_REPO=str(repo), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    subprocess.run([f"{ENV_BIN}/airflow", "db", "migrate"], cwd=repo, env=env, capture_output=True, check=True)
+    conf = json.dumps({"overrides": ["fetch_teacher.random.seed=3"]})
+    result = subprocess.run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22",
+                             "-c", conf], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert json.loads((repo / "artifacts/teacher/metadata.json").read_text())["random_seed"] == 3
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch_teacher"]["params"]["params.yaml"]
+    assert lock["fetch_teacher"]["random"]["seed"] == 3  # dvc.lock records what ran
+    assert (repo / "params.yaml").read_bytes() == committed  # the teardown put it back
