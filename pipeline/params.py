@@ -503,7 +503,8 @@ def _main(argv: list[str] | None = None) -> int:
             print(json.dumps(load_params(args.path).model_dump(), indent=2))
         else:
             flat = profile_overrides(args.profile, args.base)
-            print(" ".join(f"-S {shlex.quote(f'{k}={_yaml_scalar(v)}')}" for k, v in flat.items()))
+            # ++: add the key when params.yaml lacks it (a profile may set optional keys)
+            print(" ".join(f"-S {shlex.quote(f'++{k}={_yaml_scalar(v)}')}" for k, v in flat.items()))
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

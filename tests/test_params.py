@@ -60,8 +60,8 @@ def test_profile_overrides_print_as_dvc_exp_run_arguments(tmp_path):
         [sys.executable, "-m", "pipeline.params", "overrides", str(tmp_path / "p.yaml")],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split()
-    assert out == ["-S", "profile=p", "-S", "fetch_teacher.source=s3://b/k.pt",
-                   "-S", "fetch_teacher.random.seed=3"]
+    assert out == ["-S", "++profile=p", "-S", "++fetch_teacher.source=s3://b/k.pt",
+                   "-S", "++fetch_teacher.random.seed=3"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"fetch_teacher": {"nope": 1}}))
     bad = subprocess.run(
         [sys.executable, "-m", "pipeline.params", "overrides", str(tmp_path / "bad.yaml")],
