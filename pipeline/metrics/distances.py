@@ -3,12 +3,10 @@
 KID (Binkowski et al., 2018): the unbiased MMD^2 estimate with the polynomial
 kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets; unbiased, so it is
 meaningful on the few thousand samples a nightly run can afford. FID: the Frechet
-distance between Gaussians fitted to the features, computed as pytorch-fid does.
+distance between Gaussians fitted to the features, as pytorch-fid defines it.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 from scipy import linalg
@@ -59,33 +57,24 @@ def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray | None:
-    """Matrix square root, or None where scipy finds the matrix singular or the result non-finite."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", linalg.LinAlgWarning)
-        try:
-            root = linalg.sqrtm(a)
-        except (linalg.LinAlgWarning, linalg.LinAlgError):
-            return None
-    return root if np.isfinite(root).all() else None
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr (S1 S2)^(1/2) for covariance (symmetric PSD) matrices, through the symmetric
+    form (S1^(1/2) S2 S1^(1/2))^(1/2), which has the same eigenvalues: two eigh calls
+    instead of scipy's general sqrtm (~5x faster at 2048-d), exact for singular S
+    (no eps regularisation needed; rounding's tiny negative eigenvalues are clipped)."""
+    w, v = linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    return float(np.sqrt(np.clip(linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)); a singular product is regularised
-    with eps * I, and small imaginary parts from sqrtm are dropped, as in pytorch-fid."""
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), pytorch-fid's definition
+    (which computes the root with sqrtm and an eps offset for singular products)."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1),) * 2:
         raise PipelineError(f"FID statistics do not match: mu {list(mu1.shape)} vs "
                             f"{list(mu2.shape)}, sigma {list(s1.shape)} vs {list(s2.shape)}")
-    covmean = _sqrtm(s1 @ s2)
-    if covmean is None:
-        offset = np.eye(len(s1)) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise PipelineError(f"FID: sqrtm has an imaginary component "
-                                f"{np.max(np.abs(covmean.imag)):.3g}; statistics are degenerate")
-        covmean = covmean.real
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * _trace_sqrt_product(s1, s2))

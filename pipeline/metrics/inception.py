@@ -64,6 +64,16 @@ class InceptionFeatures(nn.Module):
             raise CheckpointError(f"{path}: not pytorch-fid Inception weights "
                                   f"({HUB_NAME} layout expected): {e}") from None
         self.stand_in = path is None
+        if self.stand_in:
+            # torchvision's Inception init (truncated normal, std 0.1, whatever the fan-in)
+            # shrinks the signal ~0.1x per layer without trained batch-norm statistics: the
+            # features come out constant (~1e-8) and FID/KID say nothing. He init keeps the
+            # variance through the ReLUs, so random features still tell images apart.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for m in self.net.modules():
+                    if isinstance(m, nn.Conv2d):
+                        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         self.name = "inception" + ("_randinit" if self.stand_in else "")
         # What features depend on (cache keys of reference statistics).
         self.weights_id = f"randinit-seed{seed}" if path is None else sha256_file(path)

@@ -62,3 +62,21 @@ def test_wrong_weights_name_the_key(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"Mixed_7c\.branch1x1\.conv\.weight"):
         InceptionFeatures(path)
+
+
+def test_stand_in_features_tell_distributions_apart():
+    """A random Inception must still carry signal: KID ~0 between two draws of the same
+    image distribution, clearly positive against a contrast-reduced one."""
+    from pipeline.metrics.distances import kid
+
+    f = InceptionFeatures(stand_in=True)
+    g = torch.Generator().manual_seed(0)
+
+    def draw(scale: float):
+        return f((torch.rand(48, 3, 32, 32, generator=g) * 2 - 1) * scale).double().numpy()
+
+    a, b, c = draw(1.0), draw(1.0), draw(0.3)
+    assert a.std(0).mean() > 1e-3  # not a constant vector
+    same, _ = kid(a, b, 10, 48)
+    shifted, _ = kid(a, c, 10, 48)
+    assert shifted > 100 * abs(same) and shifted > 1e-3
