@@ -42,6 +42,9 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)  # overrides the env: an earlier test may have set another
     monkeypatch.delenv("STYLEGAN_MOBILE_RUN_GROUP", raising=False)
     return uri
 
