@@ -49,6 +49,17 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     return uri
 
 
+def with_overrides(cfg: dict, overrides: dict, replace: tuple[str, ...] = ()) -> dict:
+    """A section's tiny settings with ``overrides``: dicts merge one level deep, except the
+    keys in ``replace`` (and non-dicts), which replace."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key not in replace:
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def tiny_distill(**overrides) -> dict:
     """A few-second distillation on the tiny teacher (stand-in LPIPS/Inception weights)."""
     cfg = {
@@ -60,12 +71,7 @@ def tiny_distill(**overrides) -> dict:
         "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
         "checkpoint_every": 2, "log_every": 2,
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, overrides)
 
 
 def tiny_search(**overrides) -> dict:
@@ -75,12 +81,7 @@ def tiny_search(**overrides) -> dict:
         "batch_size": 4, "perceptual": {"net": "alex", "stand_in": True},
         "evolution": {"population": 6, "generations": 3},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and key != "budgets":
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, overrides, replace=("budgets",))
 
 
 def tiny_export() -> dict:
@@ -97,12 +98,7 @@ def tiny_evaluate(**overrides) -> dict:
            "features": {"stand_in": True}, "perceptual": {"net": "alex", "stand_in": True},
            "latency": {"runtimes": ["pytorch"], "batch_sizes": [1], "warmup": 1, "repeats": 2,
                        "threads": 1, "ratio_1024": False}}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            cfg.setdefault(key, {}).update(value)
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, overrides)
 
 
 def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
