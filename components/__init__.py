@@ -1,1 +1,1 @@
-"""Stage CLIs: parse arguments, validate params, call one library function, log to MLflow."""
+"""Stage CLIs: one per DVC stage, each the same few lines over pipeline.stages (see _cli.py)."""

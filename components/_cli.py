@@ -1,36 +1,45 @@
-"""What every stage CLI shares: the standard arguments and turning input errors into exit 2."""
+"""What every stage CLI shares: the standard arguments, the stage's own paths as
+options, and turning input errors into exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
 
 from pipeline.errors import PipelineError
 
 CACHE_ENV = "STYLEGAN_MOBILE_CACHE"
 
 
-def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m components.{stage}", description=doc)
+def stage_main(name: str, doc: str | None, argv: list[str] | None = None) -> int:
+    """``python -m components.<name>``: parse, validate params, run the stage (exit 0), or
+    print one line naming the problem (exit 2)."""
+    from pipeline import stages
+    from pipeline.params import load_params
+
+    stage = stages.load(name)
+    parser = argparse.ArgumentParser(prog=f"python -m components.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--metrics", default=f"metrics/{stage}.json", help="metrics JSON output")
+    parser.add_argument("--metrics", default=f"metrics/{name}.json", help="metrics JSON output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--cache-dir", default=os.environ.get(CACHE_ENV, ".cache/teachers"),
-        help=f"download cache for checkpoints and weights (default: ${CACHE_ENV} or %(default)s)",
-    )
-    return parser
-
-
-def run_stage(stage: str, main: Callable[[], None]) -> int:
-    """Run ``main``; bad input (a PipelineError) prints one clear line and exits 2."""
-    logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
+        help=f"download cache for checkpoints and weights (default: ${CACHE_ENV} or %(default)s)")
+    for f in dataclasses.fields(stage.Paths):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+                            help=f"{f.metadata.get('help', '')} (default: %(default)s)")
+    args = parser.parse_args(argv)
+    paths = stage.Paths(**{f.name: getattr(args, f.name) for f in dataclasses.fields(stage.Paths)})
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     try:
-        main()
+        params = load_params(args.params)  # validated before any download or model work
+        stages.execute(stage, params, paths, args.metrics, args.cache_dir,
+                       progress=not args.no_progress)
     except PipelineError as e:
-        print(f"{stage}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     return 0

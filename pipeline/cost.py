@@ -28,7 +28,8 @@ What is counted:
   resolution (teacher: constant, convs, ToRGBs, noise strengths, biases; student:
   the inference network, fused demodulation folded and only the last head, as
   :func:`pipeline.models.mobile.fold_demodulation` leaves it). ``params_mapping``
-  apart.
+  apart. The student's ``head`` (wavelet or UpToRGB) and ``input_layer`` (its 4x4
+  conv, dense or DW-separable) are keywords of :func:`count`: pass its config's.
 * ``macs`` (physical multiply-accumulates of the synthesis network as executed):
   dense, depthwise and 1x1 convs (out x in/groups x k^2 per output pixel);
   the stride-2 transposed conv only over its real products (in x out x k^2 per
@@ -36,19 +37,21 @@ What is counted:
   upfirdn2d runs it (a depthwise 4x4 conv over the padded zero-inserted image, 16
   per output pixel and channel); teacher modulation w' = s w (out in k^2, ToRGB
   included) and demodulation's sum of squares (out in k^2); student activation
-  modulation x s (one multiply per element of the modulated input, in DW convs,
-  IDWT up-sampling and the head). Not counted (they are adds or fold into
-  neighbouring weights): bias and skip adds, noise injection, leaky ReLU and its
-  sqrt(2) gain, the constant equalized-lr scales, applying 1/sigma, the Haar
-  IDWT's sums and 1/2. ``macs_mapping``: the mapping network's linears (n_mlp D^2).
+  modulation x s (one multiply per element of the modulated input, in DW and dense
+  convs, IDWT up-sampling and the head); UpToRGB's bilinear x2, 4 per output pixel
+  and channel (a 2x2 weighted sum, as torchprofile counts it too). Not counted
+  (they are adds or fold into neighbouring weights): bias and skip adds, noise
+  injection, leaky ReLU and its sqrt(2) gain, the constant equalized-lr scales,
+  applying 1/sigma, the Haar IDWT's sums and 1/2. ``macs_mapping``: the mapping network's linears (n_mlp D^2).
 * ``macs_anycost``: what ``torchprofile.profile_macs`` reports for the whole
   generator from z at batch 1 (mapping included), Anycost GAN's convention: its
   rules applied to the aten ops our modules trace to. Every ``aten::mul`` counts
   its output's elements (equalized-lr weight scales, modulation, demodulation,
   noise, activation gain, IDWT halves), ``aten::leaky_relu`` and ``aten::mean``
-  their outputs, linears in x out, and every convolution out_pixels x in/groups x
-  k^2 over its OUTPUT, so the transposed conv counts its whole (2H+1)^2 output;
-  even the 0-d shape products (batch x channels) that the trace records count 1.
+  their outputs, ``aten::upsample_bilinear2d`` 4 per output element, linears in x
+  out, and every convolution out_pixels x in/groups x k^2 over its OUTPUT, so the
+  transposed conv counts its whole (2H+1)^2 output; even the 0-d shape products
+  (batch x channels) that the trace records count 1.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from .errors import PipelineError
 from .models.stylegan2 import config_f_channels, resolutions
 
 KIND = ("teacher", "student")
-RGB, WAVELET, FIR_TAPS = 3, 12, 16
+HEADS = ("wavelet", "uptorgb")  # StudentConfig.head
+INPUT_LAYERS = ("dense", "separable")  # StudentConfig.input_layer
+RGB, WAVELET, FIR_TAPS, BILINEAR_TAPS = 3, 12, 16, 4
 # torch.jit.trace records shape arithmetic on traced sizes as aten::mul of 0-d
 # tensors, which torchprofile counts as 1 MAC each: two per reshape site below.
 SHAPE_MULS = 2
@@ -168,7 +173,7 @@ def _teacher(ch: list[int], d: int) -> _Tally:
     return t
 
 
-def _student(ch: list[int], d: int) -> _Tally:
+def _student(ch: list[int], d: int, head: str, input_layer: str) -> _Tally:
     t = _Tally(d)
     t.params += ch[0] * 16
 
@@ -180,7 +185,15 @@ def _student(ch: list[int], d: int) -> _Tally:
         t.any += cin + cin * h * h + cin * 9 * h * h + cout * cin * h * h  # scale*s, x*s, dw, pw
         t.act(cout, h)
 
-    dwconv(ch[0], ch[1], 4)
+    def dense(cin: int, cout: int, h: int) -> None:
+        """Folded modulated dense 3x3 conv (modulates x, not w) + noise + activation."""
+        t.affine(cin)
+        t.params += cout * cin * 9
+        t.macs += cin * h * h + cout * cin * 9 * h * h
+        t.any += cin + cin * h * h + cout * cin * 9 * h * h  # scale*s, x*s, conv
+        t.act(cout, h)
+
+    (dense if input_layer == "dense" else dwconv)(ch[0], ch[1], 4)
     cin, h = ch[1], 4
     for b in range(len(ch) // 2 - 1):
         t.affine(cin)  # IDWT up-sampling: x*s, then Haar (4 muls by 1/2 per output quad)
@@ -190,10 +203,16 @@ def _student(ch: list[int], d: int) -> _Tally:
         dwconv(cin // 4, ch[2 + 2 * b], h)
         dwconv(ch[2 + 2 * b], ch[3 + 2 * b], h)
         cin = ch[3 + 2 * b]
-    t.affine(cin)  # the last head: x*s, 1x1 conv to 12 wavelet channels, IDWT to RGB
-    t.params += WAVELET * cin + WAVELET
-    t.macs += cin * h * h + WAVELET * cin * h * h
-    t.any += cin + cin * h * h + WAVELET * cin * h * h + WAVELET * h * h + SHAPE_MULS
+    t.affine(cin)  # the last head: x*s, 1x1 conv
+    out = WAVELET if head == "wavelet" else RGB
+    t.params += out * cin + out
+    t.macs += cin * h * h + out * cin * h * h
+    t.any += cin + cin * h * h + out * cin * h * h
+    if head == "wavelet":  # IDWT to RGB: adds, and 1/2 (no MACs; muls for torchprofile)
+        t.any += WAVELET * h * h + SHAPE_MULS
+    else:  # UpToRGB: bilinear x2, a 2x2-tap weighted sum per output pixel
+        t.macs += BILINEAR_TAPS * RGB * (2 * h) ** 2
+        t.any += BILINEAR_TAPS * RGB * (2 * h) ** 2
     return t
 
 
@@ -206,16 +225,30 @@ def mapping_cost(style_dim: int = 512, n_mlp: int = 8) -> dict[str, int]:
 
 def count(arch: str, resolution: int, channels: list[int] | None = None,
           channel_multiplier: int = 2, output_resolution: int | None = None,
-          style_dim: int = 512, n_mlp: int = 8) -> dict[str, int]:
-    """Params and MACs of ``arch`` (see the module docstring for what each counts)."""
+          style_dim: int = 512, n_mlp: int = 8, *, head: str = "wavelet",
+          input_layer: str = "dense") -> dict[str, int]:
+    """Params and MACs of ``arch`` (see the module docstring for what each counts);
+    ``head`` and ``input_layer``: the student's (its config's), ignored for the teacher."""
     if style_dim < 1 or n_mlp < 1:
         raise CostError(f"style_dim and n_mlp must be >= 1, got {style_dim}, {n_mlp}")
+    if head not in HEADS or input_layer not in INPUT_LAYERS:
+        raise CostError(f"head must be one of {HEADS} and input_layer one of {INPUT_LAYERS}, "
+                        f"got {head!r}, {input_layer!r}")
     ch, out = _check(arch, resolution, channels, channel_multiplier, output_resolution)
-    t = (_teacher if arch == "teacher" else _student)(ch, style_dim)
+    t = _teacher(ch, style_dim) if arch == "teacher" else _student(ch, style_dim, head, input_layer)
     m = mapping_cost(style_dim, n_mlp)
     return {"params": t.params, "params_mapping": m["params"], "macs": t.macs,
             "macs_mapping": m["macs"], "macs_anycost": t.any + m["macs_anycost"],
             "output_resolution": out, "channels": ch}
+
+
+def count_student(cfg, widths: list[int] | None = None, output_resolution: int | None = None,
+                  n_mlp: int = 8) -> dict[str, int]:
+    """:func:`count` of a ``StudentConfig`` (its head and 4x4 layer), at ``widths`` (default:
+    the channels it runs) and ``output_resolution``."""
+    return count("student", cfg.resolution, list(widths or cfg.layer_widths),
+                 output_resolution=output_resolution, style_dim=cfg.style_dim, n_mlp=n_mlp,
+                 head=cfg.head, input_layer=cfg.input_layer)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -228,6 +261,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-resolution", type=int)
     parser.add_argument("--style-dim", type=int, default=512)
     parser.add_argument("--n-mlp", type=int, default=8)
+    parser.add_argument("--head", choices=HEADS, default="wavelet", help="student only")
+    parser.add_argument("--input-layer", choices=INPUT_LAYERS, default="dense", help="student only")
     args = parser.parse_args(argv)
     try:
         channels = None
@@ -239,7 +274,8 @@ def _main(argv: list[str] | None = None) -> int:
             if not isinstance(channels, list):
                 raise CostError(f"--channels must be a JSON list of ints, got {args.channels!r}")
         result = count(args.arch, args.resolution, channels, args.channel_multiplier,
-                       args.output_resolution, args.style_dim, args.n_mlp)
+                       args.output_resolution, args.style_dim, args.n_mlp,
+                       head=args.head, input_layer=args.input_layer)
     except CostError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,16 +3,24 @@
 Images are converted to RGB, centre-cropped to a square and resized (antialiased
 bilinear) to the generator's resolution, so any mix of sizes is accepted; a file
 that cannot be decoded is an error naming it.
+
+Training draws batches with :meth:`RealImages.batches`: a ``DataLoader`` decodes them in
+worker processes, off the training thread. Which images make the batch of step ``s``
+depends only on ``(seed, s)`` (drawn with replacement from a generator seeded by both),
+so an iterator started at a resumed step yields exactly the batches an uninterrupted
+run draws there, and the number of workers does not change them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import PipelineError
 
@@ -52,6 +60,59 @@ class RealImages:
                               antialias=True, align_corners=False)[0]
         return x
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(self.files), (n,), generator=generator)
-        return torch.stack([self.load(self.files[i]) for i in idx.tolist()])
+    def step_indices(self, batch_size: int, step: int, seed: int) -> list[int]:
+        """The images of step ``step``'s batch: a function of ``(seed, step)`` only."""
+        rng = np.random.default_rng([seed, step])
+        return rng.integers(len(self.files), size=batch_size).tolist()
+
+    def batches(self, batch_size: int, start_step: int, seed: int,
+                workers: int = 2) -> Iterator[torch.Tensor]:
+        """Endless ``[batch_size, 3, R, R]`` batches for steps ``start_step``, ``start_step + 1``,
+        ..., decoded by ``workers`` processes (0: on the calling thread), in step order."""
+        if batch_size < 1 or start_step < 0 or seed < 0 or workers < 0:
+            raise ValueError(f"batches(batch_size={batch_size}, start_step={start_step}, "
+                             f"seed={seed}, workers={workers}): expected batch_size >= 1 and "
+                             f"the others >= 0")
+        sampler = _StepBatches(self, batch_size, start_step, seed)
+        # A private generator for the loader's own seed draw: the global torch RNG (part of
+        # a training snapshot) must not depend on when the iterator started.
+        return _endless(DataLoader(_Decoded(self), batch_sampler=sampler, num_workers=workers,
+                                   generator=torch.Generator().manual_seed(seed)))
+
+
+def _endless(loader: DataLoader) -> Iterator[torch.Tensor]:
+    """The loader's batches; the workers start at the first ``next`` and stop at ``close()``
+    (or when the iterator is garbage collected)."""
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # only the multi-process iterator
+        if shutdown is not None:
+            shutdown()
+
+
+class _Decoded(Dataset):
+    """Image ``i`` of the folder, decoded (in a DataLoader worker)."""
+
+    def __init__(self, images: RealImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images.load(self.images.files[i])
+
+
+class _StepBatches(Sampler[list[int]]):
+    """Index batches of steps ``start_step``, ``start_step + 1``, ... without end."""
+
+    def __init__(self, images: RealImages, batch_size: int, start_step: int, seed: int) -> None:
+        self.images, self.batch_size, self.start_step, self.seed = images, batch_size, start_step, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            yield self.images.step_indices(self.batch_size, step, self.seed)
+            step += 1

@@ -109,6 +109,9 @@ class StudentArch(Section):
     width: Annotated[float, Field(gt=0, le=4)] = 1.0
     demodulation: Literal["exact", "fused"] = "fused"
     head: Literal["wavelet", "uptorgb"] = "wavelet"
+    input_layer: Literal["dense", "separable"] = Field(
+        "dense", description="the 4x4 conv: dense modulated 3x3 (MobileStyleGAN's code) or "
+        "DW-separable (2.09M fewer parameters at 1024)")
 
 
 class LossWeights(Section):
@@ -123,23 +126,31 @@ class LossWeights(Section):
     gan: Annotated[float, Field(ge=0)] = 0.1
 
 
-class Perceptual(Section):
-    """LPIPS: the lpips package's linear layers + a torchvision VGG16/AlexNet backbone."""
+LpipsNet = Literal["vgg", "alex"]
 
-    net: Literal["vgg", "alex"] = "vgg"
-    backbone_weights: str | None = Field(
-        None, description="torchvision state dict: path, https://, s3:// (null: torch hub cache)")
+
+class NetworkWeights(Section):
+    """Where one metric network's pretrained weights come from."""
+
+    weights: str | None = Field(
+        None, description="path, https://, s3:// or models:/ (null: torch hub's cache)")
     stand_in: bool = Field(
-        False, description="allow a random backbone when no weights are found; "
-        "metric names then end in _randinit")
-    size: Annotated[int, Field(ge=16)] = 256
+        False, description="allow random weights when none are found; the network's "
+        "figures are then named *_randinit")
 
 
-class FeatureExtractor(Section):
-    """Inception (pytorch-fid) features for KID/FID."""
+class MetricNetworks(Section):
+    """The networks every stage measures with, declared once; a stage names the LPIPS
+    backbone it uses (``lpips: vgg | alex``) and its figures say which (``lpips_vgg``)."""
 
-    weights: str | None = Field(None, description="pt_inception-2015-12-05 weights; null: hub cache")
-    stand_in: bool = False
+    lpips_vgg: NetworkWeights = Field(
+        NetworkWeights(), description="LPIPS on torchvision's VGG16 (vgg16-397923af.pth)")
+    lpips_alex: NetworkWeights = Field(
+        NetworkWeights(), description="LPIPS on torchvision's AlexNet (alexnet-owt-7be5be79.pth)")
+    inception: NetworkWeights = Field(
+        NetworkWeights(), description="pytorch-fid's Inception (pt_inception-2015-12-05-6726825d.pth)")
+    lpips_size: Annotated[int, Field(ge=16)] = Field(
+        256, description="LPIPS compares images resized down to this size")
 
 
 class Adversarial(Section):
@@ -149,6 +160,9 @@ class Adversarial(Section):
     channel_max: Annotated[int, Field(ge=1)] = 512
     real_images: str | None = Field(
         None, description="folder of real images: the discriminator's real set (BlazeStyleGAN)")
+    real_workers: Annotated[int, Field(ge=0)] = Field(
+        2, description="processes decoding real_images off the training thread (0: on it); "
+        "the batches are the same for any number")
 
 
 class Validation(Section):
@@ -197,8 +211,8 @@ class Distill(Section):
     truncation_psi: Annotated[float, Field(ge=0, le=1)] = 1.0
     style_mixing_prob: Annotated[float, Field(ge=0, le=1)] = 0.5
     loss: LossWeights = LossWeights()
-    perceptual: Perceptual = Perceptual()
-    features: FeatureExtractor = FeatureExtractor()
+    lpips: LpipsNet = Field("vgg", description="LPIPS backbone of the loss and validation "
+                            "(metric_networks.lpips_<net>)")
     adversarial: Adversarial = Adversarial()
     validation: Validation = Validation()
     elastic: ElasticTraining = ElasticTraining()
@@ -279,7 +293,7 @@ class Search(Section):
     truncation_psi: Annotated[float, Field(ge=0, le=1)] = 1.0
     seed: Annotated[int, Field(ge=0)] = 0
     evolution: Evolution = Evolution()
-    perceptual: Perceptual = Perceptual()
+    lpips: LpipsNet = Field("alex", description="LPIPS backbone of the fitness")
 
     @field_validator("budgets")
     @classmethod
@@ -350,8 +364,7 @@ class Evaluate(Section):
     low_sample_fid: Literal["warn", "fail"] = Field(
         "fail", description="fewer samples than Inception's 2048 features make the covariance "
         "rank-deficient (FID biased upward): fail, or warn and flag fid_rank_deficient")
-    features: FeatureExtractor = FeatureExtractor()
-    perceptual: Perceptual = Perceptual()
+    lpips: LpipsNet = Field("alex", description="LPIPS backbone of the distances to the teacher")
     latency: Latency = Latency()
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
 
@@ -391,7 +404,7 @@ class Export(Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
     require_ema: bool = Field(True, description="refuse a student checkpoint without EMA weights")
     parity: ExportParity = ExportParity()
-    perceptual: Perceptual = Perceptual(net="alex")
+    lpips: LpipsNet = Field("alex", description="LPIPS backbone of the parity check")
     registry: ExportRegistry = ExportRegistry()
 
     @model_validator(mode="after")
@@ -406,10 +419,10 @@ class Export(Section):
 
 
 class Params(Section):
-    """All of params.yaml. Later stages add their sections here."""
+    """All of params.yaml: the shared metric networks, then one section per stage."""
 
     profile: str = Field("offline", description="name of the profile, logged as a tag")
-    seed: Annotated[int, Field(ge=0)] = 0
+    metric_networks: MetricNetworks = MetricNetworks()
     fetch_teacher: FetchTeacher = FetchTeacher()
     distill: Distill = Distill()
     search: Search = Search()

@@ -60,13 +60,20 @@ def with_overrides(cfg: dict, overrides: dict, replace: tuple[str, ...] = ()) ->
     return cfg
 
 
+def tiny_metric_networks(**overrides) -> dict:
+    """Stand-in LPIPS and Inception (no weights offline), LPIPS at the tiny images' size."""
+    stand_in = {"weights": None, "stand_in": True}
+    cfg = {"lpips_vgg": dict(stand_in), "lpips_alex": dict(stand_in),
+           "inception": dict(stand_in), "lpips_size": 32}
+    return with_overrides(cfg, overrides)
+
+
 def tiny_distill(**overrides) -> dict:
     """A few-second distillation on the tiny teacher (stand-in LPIPS/Inception weights)."""
     cfg = {
         "steps": 8, "batch_size": 2, "ema_decay": 0.5, "style_mixing_prob": 0.5,
         "loss": {"multiscale_perceptual": 0.5, "gan": 0.1},
-        "perceptual": {"net": "alex", "stand_in": True, "size": 32},
-        "features": {"stand_in": True},
+        "lpips": "alex",
         "adversarial": {"channel_max": 16, "r1_every": 4},
         "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
         "checkpoint_every": 2, "log_every": 2,
@@ -78,7 +85,7 @@ def tiny_search(**overrides) -> dict:
     """A seconds-long search on a tiny student (stand-in LPIPS)."""
     cfg = {
         "budgets": {"half": 0.5}, "ratios": [0.25, 0.5, 0.75, 1.0], "num_samples": 4,
-        "batch_size": 4, "perceptual": {"net": "alex", "stand_in": True},
+        "batch_size": 4, "lpips": "alex",
         "evolution": {"population": 6, "generations": 3},
     }
     return with_overrides(cfg, overrides, replace=("budgets",))
@@ -87,7 +94,7 @@ def tiny_search(**overrides) -> dict:
 def tiny_export() -> dict:
     """ONNX and ExecuTorch of the W+ variant only (Core ML and fp16 have their own tests)."""
     return {"formats": ["onnx", "pte"], "inputs": ["wplus"], "fp16": False,
-            "parity": {"samples": 2}, "perceptual": {"net": "alex", "stand_in": True},
+            "parity": {"samples": 2}, "lpips": "alex",
             "registry": {"name": "tiny-student"}}
 
 
@@ -95,7 +102,7 @@ def tiny_evaluate(**overrides) -> dict:
     """A seconds-long evaluation: 8 samples, stand-in Inception/LPIPS, PyTorch latency only."""
     cfg = {"num_samples": 8, "batch_size": 8, "low_sample_fid": "warn", "grid_samples": 2,
            "kid_subsets": 5, "reference": {"num_samples": 8},
-           "features": {"stand_in": True}, "perceptual": {"net": "alex", "stand_in": True},
+           "lpips": "alex",
            "latency": {"runtimes": ["pytorch"], "batch_sizes": [1], "warmup": 1, "repeats": 2,
                        "threads": 1, "ratio_1024": False}}
     return with_overrides(cfg, overrides)
@@ -110,8 +117,19 @@ def tiny_params(source: str = "random:", **fetch_overrides) -> dict:
         "samples": {"count": 4, "seed": 0, "truncation_psi": 0.7, "nrow": 2},
         **fetch_overrides,
     }
-    return {"profile": "test-tiny", "seed": 0, "fetch_teacher": fetch, "distill": tiny_distill(),
+    return {"profile": "test-tiny", "metric_networks": tiny_metric_networks(),
+            "fetch_teacher": fetch, "distill": tiny_distill(),
             "search": tiny_search(), "evaluate": tiny_evaluate(), "export": tiny_export()}
+
+
+def run_stage(name: str, params: dict, cache_dir: Path, **paths):
+    """A stage's ``run`` in this process (no MLflow), on ``params`` (params.yaml content)."""
+    from pipeline import stages
+    from pipeline.params import parse_params
+
+    stage = stages.load(name)
+    return stage.run(parse_params(params), stage.Paths(**{k: str(v) for k, v in paths.items()}),
+                     stages.Context(Path(cache_dir), progress=False))
 
 
 def copy_repo(dest: Path) -> Path:

@@ -15,13 +15,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchprofile import profile_macs
 
-from pipeline.cost import _main, count, default_channels
+from pipeline.cost import CostError, _main, count, default_channels
 from pipeline.models.elastic import subnet
 from pipeline.models.mobile import (
     Head,
     IDWTUpsample,
     MobileSynthesis,
-    ModulatedDWConv2d,
+    ModulatedConv,
     StudentConfig,
     fold_demodulation,
 )
@@ -31,15 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 D, N_MLP = 16, 2
 
 
-def build(arch: str, res: int, ch: list[int]) -> nn.Module:
+def build(arch: str, res: int, ch: list[int], **student) -> nn.Module:
     """A sub-network with per-layer channels ``ch`` (the cost lists' layout), sliced by
     pipeline.models.elastic.subnet from a full network 16 channels wide (the student
-    folded, as at inference)."""
+    folded, as at inference; ``student``: its head and input_layer)."""
     if arch == "teacher":
         full = Generator(StyleGAN2Config(resolution=res, style_dim=D, n_mlp=N_MLP,
                                          channels={r: 16 for r in resolutions(res)}))
         return subnet(full, ch).eval()
-    full = MobileSynthesis(StudentConfig(resolution=res, style_dim=D,
+    full = MobileSynthesis(StudentConfig(resolution=res, style_dim=D, **student,
                                          channels={r: 16 for r in resolutions(res // 2)}))
     return fold_demodulation(subnet(full, ch)).eval()
 
@@ -48,20 +48,26 @@ def n_list(arch: str, res: int) -> int:
     return 2 * res.bit_length() - 2 - (2 if arch == "teacher" else 4)
 
 
-CASES = [  # (arch, R, channels or None = config-f x1 capped, R_OUT)
-    ("teacher", 32, [8, 8, 8, 8, 8, 8, 8, 8], None),  # uniform reduced
-    ("teacher", 32, [6, 5, 7, 3, 4, 9, 2, 5], None),  # flexible per layer
-    ("teacher", 64, [6, 5, 7, 3, 4, 9, 2, 5, 3, 3], 16),  # lower output resolution
-    ("student", 32, [8, 8, 8, 8, 8, 8], None),
-    ("student", 32, [6, 4, 5, 12, 3, 7], None),
-    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32),
+SEPARABLE, UPTORGB = dict(input_layer="separable"), dict(head="uptorgb")
+CASES = [  # (arch, R, channels, R_OUT, the student's head / input_layer if not the default)
+    ("teacher", 32, [8, 8, 8, 8, 8, 8, 8, 8], None, {}),  # uniform reduced
+    ("teacher", 32, [6, 5, 7, 3, 4, 9, 2, 5], None, {}),  # flexible per layer
+    ("teacher", 64, [6, 5, 7, 3, 4, 9, 2, 5, 3, 3], 16, {}),  # lower output resolution
+    ("student", 32, [8, 8, 8, 8, 8, 8], None, {}),
+    ("student", 32, [6, 4, 5, 12, 3, 7], None, {}),
+    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32, {}),
+    ("student", 32, [6, 4, 5, 12, 3, 7], None, SEPARABLE),
+    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32, SEPARABLE),
+    ("student", 32, [6, 4, 5, 12, 3, 7], None, UPTORGB),
+    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32, UPTORGB),
+    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 16, {**UPTORGB, **SEPARABLE}),
 ]
 
 
-def _net(arch, res, ch, out):
+def _net(arch, res, ch, out, kw):
     """The network that the counts describe: built at the output resolution, list cut."""
     out = out or res
-    return build(arch, out, ch[: n_list(arch, out)]), out
+    return build(arch, out, ch[: n_list(arch, out)], **kw), out
 
 
 def _inputs(net, arch, out):
@@ -72,9 +78,9 @@ def _inputs(net, arch, out):
     return wplus, noise
 
 
-@pytest.mark.parametrize("arch,res,ch,out", CASES)
-def test_params(arch, res, ch, out):
-    net, o = _net(arch, res, ch, out)
+@pytest.mark.parametrize("arch,res,ch,out,kw", CASES)
+def test_params(arch, res, ch, out, kw):
+    net, o = _net(arch, res, ch, out, kw)
     if arch == "teacher":
         expected = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("style."))
         mapping = sum(p.numel() for p in net.style.parameters())
@@ -83,29 +89,39 @@ def test_params(arch, res, ch, out):
         expected = sum(p.numel() for p in net.parameters()) - sum(
             p.numel() for h in aux for p in h.parameters())
         mapping = N_MLP * (D * D + D)
-    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP)
+    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP, **kw)
     assert (got["params"], got["params_mapping"]) == (expected, mapping)
 
 
 def _elementwise_hooks(net, tally):
-    """What the flop counter misses: teacher s*w (+ sum of squares), student x*s."""
+    """What the flop counter misses: teacher s*w (+ sum of squares), student x*s, and the
+    UpToRGB head's bilinear x2 (4 taps per output element)."""
     def modconv(m, args, output):
         tally[0] += m.weight.numel() * (2 if m.demodulate else 1)
 
     def activation(m, args):
         tally[0] += args[0].numel()
+
+    def bilinear(to_image):
+        def counted(out):
+            image = to_image(out)
+            tally[0] += 4 * image.numel()
+            return image
+        return counted
     hooks = []
     for m in net.modules():
         if isinstance(m, ModulatedConv2d):
             hooks.append(m.register_forward_hook(modconv))
-        elif isinstance(m, (ModulatedDWConv2d, IDWTUpsample, Head)):
+        elif isinstance(m, (ModulatedConv, IDWTUpsample, Head)):
             hooks.append(m.register_forward_pre_hook(activation))
+        if isinstance(m, Head) and m.kind == "uptorgb":
+            m.to_image = bilinear(m.to_image)
     return hooks
 
 
-@pytest.mark.parametrize("arch,res,ch,out", CASES)
-def test_macs_match_forward_pass(arch, res, ch, out):
-    net, o = _net(arch, res, ch, out)
+@pytest.mark.parametrize("arch,res,ch,out,kw", CASES)
+def test_macs_match_forward_pass(arch, res, ch, out, kw):
+    net, o = _net(arch, res, ch, out, kw)
     wplus, noise = _inputs(net, arch, o)
     run = net.synthesis if arch == "teacher" else net
     tally = [0]
@@ -116,7 +132,7 @@ def test_macs_match_forward_pass(arch, res, ch, out):
     for h in hooks:
         h.remove()
     assert image.shape[-1] == o
-    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP)
+    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP, **kw)
     assert got["macs"] == fc.get_total_flops() // 2 + tally[0]
     assert got["macs_mapping"] == N_MLP * D * D
 
@@ -144,15 +160,15 @@ class _StudentZ(nn.Module):
         return self.s(wplus, self.g.make_noise(1, "const"))
 
 
-@pytest.mark.parametrize("arch,res,ch,out", CASES)
+@pytest.mark.parametrize("arch,res,ch,out,kw", CASES)
 @torch.no_grad()
-def test_macs_anycost_match_torchprofile(arch, res, ch, out):
-    net, o = _net(arch, res, ch, out)
+def test_macs_anycost_match_torchprofile(arch, res, ch, out, kw):
+    net, o = _net(arch, res, ch, out, kw)
     model = _TeacherZ(net) if arch == "teacher" else _StudentZ(net, o)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unhandled zero-cost ops (pad, flip, repeat)
         expected = profile_macs(model.eval(), torch.randn(1, D))
-    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP)
+    got = count(arch, res, ch, output_resolution=out, style_dim=D, n_mlp=N_MLP, **kw)
     assert got["macs_anycost"] == expected
 
 
@@ -168,6 +184,33 @@ def test_config_f_defaults():
     assert low["macs"] < full["macs"]
 
 
+@pytest.mark.parametrize("input_layer", ["dense", "separable"])
+def test_config_f_student_params_are_the_real_modules(input_layer):
+    """The 1024 config-f student as fold_demodulation leaves it (built on the meta device),
+    last head only; the dense 4x4 conv is MobileStyleGAN's code's parameter count."""
+    teacher = StyleGAN2Config.config_f(1024)
+    cfg = StudentConfig.from_teacher(teacher.channels, 1024, 512, demodulation="folded",
+                                     input_layer=input_layer)
+    with torch.device("meta"):
+        net = MobileSynthesis(cfg)
+    aux = [net.head1, *(lv.head for lv in net.levels)][:-1]
+    real = sum(p.numel() for p in net.parameters()) - sum(
+        p.numel() for h in aux for p in h.parameters())
+    assert count("student", 1024, input_layer=input_layer)["params"] == real
+    gap = 512 * 512 * 9 - (512 * 9 + 512 * 512)  # dense 3x3 kernel vs depthwise + pointwise
+    assert gap == 2_092_544
+    assert count("student", 1024)["params"] - count("student", 1024, input_layer="separable")[
+        "params"] == gap
+    assert count("student", 1024) == count("student", 1024, head="wavelet", input_layer="dense")
+
+
+def test_unknown_student_options_are_rejected():
+    with pytest.raises(CostError, match="head"):
+        count("student", 64, head="rgb")
+    with pytest.raises(CostError, match="input_layer"):
+        count("student", 64, input_layer="pointwise")
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "pipeline.cost", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
@@ -180,6 +223,10 @@ def test_cli_prints_json():
     out = json.loads(r.stdout)
     assert all(isinstance(out[k], int) for k in ("params", "macs", "macs_anycost", "macs_mapping"))
     assert out == count("student", 64, [8] * 8, output_resolution=32)
+    r = _cli("--arch", "student", "--resolution", "64", "--head", "uptorgb", "--input-layer",
+             "separable")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == count("student", 64, head="uptorgb", input_layer="separable")
 
 
 @pytest.mark.parametrize("args,word", [

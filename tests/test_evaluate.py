@@ -17,18 +17,16 @@ from components.evaluate import main
 from pipeline.checkpoints import save_teacher
 from pipeline.checkpoints.project import save_student
 from pipeline.errors import PipelineError
-from pipeline.evaluation import run_evaluate
 from pipeline.models.elastic import uniform_widths
 from pipeline.models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
-from pipeline.params import parse_params
-from pipeline.training.loss import teacher_targets
-from tests.conftest import tiny_evaluate, tiny_params
+from pipeline.models.sampling import teacher_targets
+from tests.conftest import run_stage, tiny_evaluate, tiny_metric_networks, tiny_params
 
 
-def evaluate_cfg(**overrides):
-    """Latency off unless a test asks for it (it has its own test)."""
+def evaluate_cfg(networks: dict | None = None, **overrides) -> dict:
+    """params.yaml content; latency off unless a test asks for it (it has its own test)."""
     cfg = tiny_evaluate(**{"latency": {"enabled": False}, **overrides})
-    return parse_params({**tiny_params(), "evaluate": cfg}).evaluate
+    return {**tiny_params(), "evaluate": cfg, "metric_networks": tiny_metric_networks(**(networks or {}))}
 
 
 @pytest.fixture
@@ -52,25 +50,28 @@ def inputs(tmp_path, tiny_teacher):
     return tmp_path
 
 
-def run(inputs, cfg, **kw):
-    return run_evaluate(cfg, inputs / "teacher.safetensors", inputs / "student.safetensors",
-                        inputs / "configs.json", inputs / "out", inputs / "plots",
-                        inputs / "cache", progress=False, **kw)
+def run(inputs, params):
+    """The stage's metrics and the networks that ran on stand-in weights."""
+    result = run_stage("evaluate", params, inputs / "cache", teacher=inputs / "teacher.safetensors",
+                       student=inputs / "student.safetensors", search=inputs / "configs.json",
+                       out=inputs / "out", plots=inputs / "plots")
+    return result.metrics, result.stand_ins
 
 
 def test_every_model_side_by_side_with_stand_in_names(inputs):
-    metrics, tags = run(inputs, evaluate_cfg())
+    metrics, stand_ins = run(inputs, evaluate_cfg())
     assert set(metrics["models"]) == {"teacher", "full", "b16", "b16_uniform"}  # trivial: = full
     for entry in (metrics["teacher"], metrics["student"]):
-        assert {"fid_randinit", "kid_randinit", "lpips_randinit", "pixel_l1", "params", "macs"} <= set(entry)
-        assert "fid" not in entry and "kid" not in entry
-    assert metrics["teacher"]["lpips_randinit"] == 0 and metrics["teacher"]["pixel_l1"] == 0
+        assert {"fid_randinit", "kid_randinit", "lpips_alex_randinit", "pixel_l1", "mse", "params",
+                "macs"} <= set(entry)
+        assert "fid" not in entry and "kid" not in entry and "lpips_alex" not in entry
+    assert metrics["teacher"]["lpips_alex_randinit"] == 0 and metrics["teacher"]["pixel_l1"] == 0
     # an untrained student is further from the teacher's distribution than the teacher is
     assert metrics["teacher"]["fid_randinit"] < metrics["student"]["fid_randinit"]
     assert metrics["models"]["b16"]["resolution"] == 16
     assert metrics["models"]["b16"]["macs"] < metrics["student"]["macs"] < metrics["teacher"]["macs"]
     assert metrics["fid_rank_deficient"] == 1 and metrics["stand_in_features"] == 1
-    assert tags["stand_in_weights"] == "true"
+    assert stand_ins == ["lpips_alex_randinit", "inception_randinit"]
     report = (inputs / "out" / "report.md").read_text()
     assert "stand-in (random) weights" in report and "fid_randinit" in report
     assert "| b16 | searched | 16px |" in report
@@ -122,8 +123,10 @@ def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch,
     metrics = json.loads((inputs / "evaluate.json").read_text())
     (run_,) = [r for r in mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
                if r.data.tags.get("stage") == "evaluate"]
+    assert run_.data.tags["stand_in_weights"] == "true"
     assert run_.data.metrics["student.fid_randinit"] == pytest.approx(metrics["student"]["fid_randinit"])
-    assert run_.data.metrics["b16.lpips_randinit"] == pytest.approx(metrics["models"]["b16"]["lpips_randinit"])
+    assert run_.data.metrics["models.b16.lpips_alex_randinit"] == pytest.approx(
+        metrics["models"]["b16"]["lpips_alex_randinit"])
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id, "evaluate")}
     assert {"evaluate/report.md", "evaluate/grid.png", "evaluate/pareto.png"} <= logged
 
@@ -136,8 +139,9 @@ def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch,
 
 
 def test_missing_inception_weights_say_how_to_provide_them(inputs):
-    with pytest.raises(PipelineError, match="features.weights|stand_in"):
-        run(inputs, evaluate_cfg(features={"stand_in": False}))
+    with pytest.raises(PipelineError, match="metric_networks.inception.weights") as e:
+        run(inputs, evaluate_cfg(networks={"inception": {"stand_in": False}}))
+    assert "metric_networks.inception.stand_in" in str(e.value)
 
 
 def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):

@@ -42,10 +42,10 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     assert (repo / "plots/distill/validation.csv").exists()
     searched = json.loads((repo / "metrics/search.json").read_text())
     half = searched["budgets"]["half"]
-    assert half["macs"] <= half["budget_macs"] and half["lpips"] <= half["uniform_lpips"]
+    assert half["macs"] <= half["budget_macs"] and half["lpips_alex_randinit"] <= half["uniform_lpips_alex_randinit"]
     assert (repo / "artifacts/search/configs.json").exists()
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert {"fid_randinit", "kid_randinit", "lpips_randinit"} <= set(evaluated["student"])
+    assert {"fid_randinit", "kid_randinit", "lpips_alex_randinit"} <= set(evaluated["student"])
     assert evaluated["models"]["full"]["latency"]["pytorch"]["batch_1"]["median_ms"] > 0
     assert (repo / "artifacts/evaluate/report.md").exists()
     exported = json.loads((repo / "metrics/export.json").read_text())
@@ -70,7 +70,8 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
             assert stage.data.tags["git_commit"] and stage.info.status == "FINISHED"
     assert parent.data.tags["run_group"] == "test-group"
     distill_run = next(r for r in runs if r.data.tags.get("stage") == "distill")
-    assert "val/lpips_randinit" in distill_run.data.metrics
+    assert "val/lpips_alex_randinit" in distill_run.data.metrics
+    assert "lpips_alex_randinit_to_teacher_end" in distilled
     assert distill_run.data.tags["stand_in_weights"] == "true"
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(distill_run.info.run_id, "distill")}
     assert {"distill/student.safetensors", "distill/samples.png", "distill/plots"} <= logged

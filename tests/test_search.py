@@ -17,10 +17,12 @@ from pipeline.checkpoints.project import save_student
 from pipeline.errors import ParamsError
 from pipeline.metrics.perceptual import LPIPS
 from pipeline.models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
+from pipeline.models.sampling import teacher_targets
 from pipeline.params import parse_macs, parse_params
-from pipeline.search import search_all
-from pipeline.training.loss import teacher_targets
+from pipeline.stages.search import search_all
 from tests.conftest import REPO, env_with_venv, tiny_params, tiny_search
+
+LP = "lpips_alex_randinit"  # the fitness's name: LPIPS on a stand-in AlexNet
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def tiny_student(tiny_teacher):
 
 @pytest.fixture(scope="module")
 def lpips():
-    return LPIPS("alex", None, stand_in=True)
+    return LPIPS("alex", None, stand_in=True)  # its figures: lpips_alex_randinit
 
 
 def search_cfg(**overrides):
@@ -53,13 +55,13 @@ def test_every_budget_is_honoured_and_never_worse_than_uniform(tiny_student, tin
     for r in results:
         assert not r.trivial
         assert r.best.macs <= r.budget_macs and r.uniform.macs <= r.budget_macs
-        assert r.best.distances["lpips"] <= r.uniform.distances["lpips"]
+        assert r.best.distances[LP] <= r.uniform.distances[LP]
         assert all(s.macs <= r.budget_macs for s in r.evaluated)  # never over budget
         assert r.history == sorted(r.history, reverse=True)  # elitist: never gets worse
         assert len(r.history) == cfg.evolution.generations
         assert space.cost(r.best.candidate) == (r.best.macs, r.best.params)
     # more budget, no worse a distance
-    assert results[0].best.distances["lpips"] <= results[2].best.distances["lpips"]
+    assert results[0].best.distances[LP] <= results[2].best.distances[LP]
 
 
 def test_the_search_is_reproducible_with_a_seed(tiny_student, tiny_teacher, lpips):
@@ -75,7 +77,7 @@ def test_the_search_is_reproducible_with_a_seed(tiny_student, tiny_teacher, lpip
 def test_a_budget_below_the_smallest_sub_network_fails_before_searching(
     tiny_student, tiny_teacher, lpips, monkeypatch
 ):
-    import pipeline.search as search
+    import pipeline.stages.search as search
 
     monkeypatch.setattr(search, "Evaluator", lambda *a: pytest.fail("evaluated before checking"))
     with pytest.raises(ParamsError, match=r"search.budgets.tiny: '1K' = 1,000 MACs is below"):
@@ -88,7 +90,7 @@ def test_a_budget_above_the_full_network_is_reported_as_trivially_satisfied(
 ):
     _, full, (r,) = search_all(tiny_student, tiny_teacher, lpips, search_cfg(budgets={"all": 1.0}),
                                torch.device("cpu"), progress=False)
-    assert r.trivial and r.best.candidate == full.candidate and r.best.distances["lpips"] == 0
+    assert r.trivial and r.best.candidate == full.candidate and r.best.distances[LP] == 0
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -129,7 +131,9 @@ def test_the_stage_writes_configs_metrics_plots_and_logs_to_mlflow(
     assert proc.returncode == 0, proc.stderr
     m = json.loads(metrics.read_text())
     for name in ("half", "all"):  # the contract
-        assert {"budget_macs", "macs", "lpips", "uniform_macs", "uniform_lpips"} <= set(m["budgets"][name])
+        assert {"budget_macs", "macs", "lpips_alex_randinit", "uniform_macs",
+                "uniform_lpips_alex_randinit", "lpips_alex_randinit_teacher"} <= set(m["budgets"][name])
+        assert not any(k.startswith("lpips") and "alex" not in k for k in m["budgets"][name])
     assert m["budgets"]["all"]["trivial"] == 1 and m["budgets"]["half"]["trivial"] == 0
     configs = json.loads((out / "configs.json").read_text())
     half = configs["budgets"]["half"]
@@ -142,7 +146,7 @@ def test_the_stage_writes_configs_metrics_plots_and_logs_to_mlflow(
     (run,) = [r for r in mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
               if r.data.tags.get("stage") == "search"]
     assert run.data.tags["stand_in_weights"] == "true"
-    assert "budget/half/lpips_randinit" in run.data.metrics
+    assert "budgets.half.lpips_alex_randinit" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "best_fitness/half")
     assert [h.step for h in history] == list(range(params["search"]["evolution"]["generations"]))
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "search")}
@@ -154,3 +158,17 @@ def test_the_stage_writes_configs_metrics_plots_and_logs_to_mlflow(
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "search.budgets.tiny" in proc.stderr
     assert json.loads((out / "configs.json").read_text()) == configs
+
+
+def test_uptorgb_students_are_searched_with_their_own_cost(tiny_teacher, lpips):
+    """BlazeStyleGAN's UpToRGB heads: counted as what they are (pipeline.cost), searched."""
+    from pipeline.cost import count_student
+
+    cfg = StudentConfig.from_teacher(tiny_teacher.cfg.channels, 32, tiny_teacher.cfg.style_dim,
+                                     head="uptorgb")
+    student = MobileSynthesis(cfg).eval()
+    space, full, (r,) = search_all(student, tiny_teacher, lpips, search_cfg(min_resolution=16),
+                                   torch.device("cpu"), progress=False)
+    assert full.macs == count_student(cfg)["macs"] != count_student(
+        cfg.model_copy(update={"head": "wavelet"}))["macs"]
+    assert r.best.macs <= r.budget_macs and r.best.distances[LP] <= r.uniform.distances[LP]

@@ -24,6 +24,8 @@ FORMAT_KEY = "stylegan_mobile.format"
 CONFIG_KEY = "stylegan_mobile.config"
 TEACHER_FORMAT = "stylegan2-teacher/v1"
 STUDENT_FORMAT = "mobile-student/v1"
+# Config keys added after files were written without them -> what those files' weights hold.
+STUDENT_LEGACY = {"input_layer": "separable"}  # the 4x4 conv was DW-separable before
 
 
 def _save(module, fmt: str, path: str | Path, metadata: dict[str, str] | None) -> None:
@@ -34,8 +36,9 @@ def _save(module, fmt: str, path: str | Path, metadata: dict[str, str] | None) -
         save_file(state, str(tmp), metadata=header)
 
 
-def _read(path: str | Path, fmt: str, config_cls):
-    """(config, state dict, header) of a project-format file of kind ``fmt``."""
+def _read(path: str | Path, fmt: str, config_cls, legacy: dict | None = None):
+    """(config, state dict, header) of a project-format file of kind ``fmt``; ``legacy``:
+    values of config keys that older files lack."""
     header = read_header(path)
     if header.get(FORMAT_KEY) != fmt or CONFIG_KEY not in header:
         raise CheckpointError(
@@ -43,8 +46,8 @@ def _read(path: str | Path, fmt: str, config_cls):
             f"and {CONFIG_KEY})"
         )
     try:
-        cfg = config_cls.model_validate(json.loads(header[CONFIG_KEY]))
-    except ValueError as e:
+        cfg = config_cls.model_validate({**(legacy or {}), **json.loads(header[CONFIG_KEY])})
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: invalid architecture config in header: {e}") from None
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -76,7 +79,7 @@ def save_student(student: MobileSynthesis, path: str | Path, metadata: dict[str,
 
 def load_student(path: str | Path) -> tuple[MobileSynthesis, dict[str, str]]:
     """A student and its header metadata; errors name the file and the problem."""
-    cfg, state, header = _read(path, STUDENT_FORMAT, StudentConfig)
+    cfg, state, header = _read(path, STUDENT_FORMAT, StudentConfig, STUDENT_LEGACY)
     student = MobileSynthesis(cfg)
     try:
         student.load_state_dict(state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +20,46 @@ from ..errors import CheckpointError
 from ..models.stylegan2 import Generator
 from .state import generator_from_state
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# Sentences of torch's message that tell the user to lift the restriction (or are boilerplate):
+# never passed on.
+_UNSAFE_ADVICE = re.compile(
+    r"weights.only|safe_globals|trust|allowlist|documentation|file an issue", re.IGNORECASE
+)
+
+
+def refusal_reason(error: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, without torch's advice.
+
+    torch's message suggests ``weights_only=False`` or allowlisting the global, which for a
+    file that may be hostile means running its code; only the refused global (or, failing
+    that, torch's own description of the problem with the advice sentences removed) is kept.
+    """
+    text = str(error)
+    found = _GLOBAL.search(text)
+    if found:
+        return f"it imports {found.group(1)}"
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    for line in (detail if marker else text).splitlines():
+        kept = [s for s in re.split(r"(?<=[.!?:])\s+", line.strip())
+                if s and not _UNSAFE_ADVICE.search(s)]
+        if kept:
+            return " ".join(kept)[:200]
+    return "an object the weights-only loader does not allow"
+
+
+def refused_file_error(path: str | Path, error: BaseException, what: str = "checkpoint") -> CheckpointError:
+    """The error for a file ``torch.load(weights_only=True)`` refused: what was refused, and
+    how to go on without ever unpickling the file unrestricted."""
+    return CheckpointError(
+        f"{path}: refusing to load: the {what} holds objects other than tensors and plain "
+        f"containers ({refusal_reason(error)}), which could run code; nothing from the file "
+        f"was executed. Do not open this file with an unrestricted torch.load or pickle. If it "
+        f"comes from a source you trust, load it there and re-save only its tensors (a state "
+        f"dict of tensors with torch.save, or safetensors; a teacher can also be converted to "
+        f"the project format with pipeline.checkpoints.save_teacher), then use that file"
+    )
+
 
 def read_rosinality(path: str | Path) -> dict:
     """The checkpoint dict, loaded without executing code."""
@@ -26,10 +67,7 @@ def read_rosinality(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refusing to load: the checkpoint holds objects other than tensors and "
-            f"plain containers, which could run code ({str(e).splitlines()[0]})"
-        ) from None
+        raise refused_file_error(path, e) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict):

@@ -4,14 +4,15 @@
 or a :func:`~pipeline.models.elastic.subnet`) into an :class:`ExportModel` that
 computes the same image with fewer operations:
 
-* Demodulation: fused demodulation is folded into the pointwise weights
+* Demodulation: fused demodulation is folded into the pointwise (or dense 4x4) weights
   (:func:`~pipeline.models.mobile.fold_demodulation`); exact demodulation keeps its
   per-style sigma, with its style-independent energy matrix precomputed.
 * Heads: only the last one. The auxiliary heads are not copied: their weights are
   not in the graph at all.
 * Style-independent constants precomputed: the equalized-lr scales are multiplied
-  into the weights; the constant input goes through the first depthwise conv once
-  (depthwise convs commute with per-channel modulation: dw(c * s) = s * dw(c)); each
+  into the weights; with a separable 4x4 layer the constant input goes through its
+  depthwise conv once (depthwise convs commute with per-channel modulation:
+  dw(c * s) = s * dw(c); a dense 4x4 conv mixes channels, so it runs as is); each
   layer's bias moves into its pointwise conv; the leaky ReLU's sqrt(2) gain moves into
   the next modulation; the last head's IDWT (a fixed mix of the
   12 wavelet channels followed by a pixel shuffle) and the output range mapping are
@@ -37,6 +38,7 @@ Output: ``image`` [B, 3, R, R], RGB, NCHW, clamped to ``output_range`` ((0, 1):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -45,7 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.mobile import Head, IDWTUpsample, MobileSynthesis, StyledDWConv, fold_demodulation
+from ..models.mobile import (
+    Head,
+    IDWTUpsample,
+    MobileSynthesis,
+    ModulatedDenseConv2d,
+    fold_demodulation,
+)
+from ..models.mobile import StyledConv as TrainingStyledConv
 from ..models.stylegan2 import EqualLinear, Generator, PixelNorm
 from ..models.wavelets import idwt
 
@@ -78,43 +87,46 @@ def _style(w: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 
 class StyledConv(nn.Module):
-    """x * s -> 3x3 depthwise -> 1x1 pointwise + bias [-> exact demodulation] -> + noise
-    -> leaky ReLU. The output lacks the sqrt(2) gain: the consumer's modulation has it."""
+    """x * s -> 3x3 depthwise -> 1x1 pointwise (or one dense 3x3 conv) + bias [-> exact
+    demodulation] -> + noise -> leaky ReLU. The output lacks the sqrt(2) gain: the
+    consumer's modulation has it."""
 
-    def __init__(self, layer: StyledDWConv, index: int, noise: torch.Tensor, gain_in: float,
+    def __init__(self, layer: TrainingStyledConv, index: int, noise: torch.Tensor, gain_in: float,
                  const_input: torch.Tensor | None = None) -> None:
         super().__init__()
-        conv = layer.conv
-        self.index = index  # the W+ entry this layer reads
-        self.affine_weight, self.affine_bias = _affine(conv.modulation, conv.scale * gain_in)
-        dw = conv.weight_dw.double()
-        self.channels = conv.in_ch
-        # The constant input needs no depthwise conv at run time: dw(c * s) = s * dw(c).
-        self.const = None if const_input is None else _const(
-            F.conv2d(const_input.double(), dw, padding=conv.padding, groups=conv.in_ch))
-        self.weight_dw = _const(dw) if const_input is None else None
-        self.weight_pw = _const(conv.weight_pw.double())
-        self.exact = conv.demodulation == "exact"
+        conv = copy.deepcopy(layer.conv).double()  # every constant below folded in float64
         if conv.demodulation == "fused":
             raise ValueError("fold the fused demodulation first (fold_demodulation)")
-        if self.exact:  # sum_k (pw_ji dw_ik)^2, for s' = scale * gain_in * s
-            energy = conv.weight_pw.double().squeeze(-1).squeeze(-1).pow(2) * dw.pow(2).sum([1, 2, 3])
-            self.energy = _const(energy / gain_in**2)
+        self.index = index  # the W+ entry this layer reads
+        self.affine_weight, self.affine_bias = _affine(conv.modulation, conv.scale * gain_in)
+        self.channels, self.padding = conv.in_ch, conv.padding
+        dense = isinstance(conv, ModulatedDenseConv2d)
+        # Depthwise convs need no run time on the constant input: dw(c * s) = s * dw(c).
+        if const_input is not None and not dense:
+            const_input = F.conv2d(const_input.double(), conv.weight_dw, padding=conv.padding,
+                                   groups=conv.in_ch)
+        self.const = None if const_input is None else _const(const_input)
+        self.weight_dw = None if dense or const_input is not None else _const(conv.weight_dw)
+        self.weight = _const(conv.weight if dense else conv.weight_pw)  # the mixing kernel
+        self.kernel_padding = conv.padding if dense else 0
+        self.exact = conv.demodulation == "exact"
+        if self.exact:  # for s' = scale * gain_in * s
+            self.energy = _const(conv.energy() / gain_in**2)
         self.bias = _const(layer.activate.bias.double())
         strength = float(layer.noise.weight)
         self.noise = None if strength == 0 else _const(strength * noise.double())
 
     def forward(self, x: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
         s = _style(w, self.affine_weight, self.affine_bias)
-        if self.const is not None:
-            x = self.const * s[:, :, None, None]
-        else:
-            x = F.conv2d(x * s[:, :, None, None], self.weight_dw, padding=1, groups=self.channels)
+        x = (self.const if x is None else x) * s[:, :, None, None]
+        if self.weight_dw is not None:
+            x = F.conv2d(x, self.weight_dw, padding=self.padding, groups=self.channels)
         if self.exact:
-            x = F.conv2d(x, self.weight_pw) * torch.rsqrt(s.pow(2) @ self.energy.t() + 1e-8)[:, :, None, None]
+            x = F.conv2d(x, self.weight, padding=self.kernel_padding)
+            x = x * torch.rsqrt(s.pow(2) @ self.energy.t() + 1e-8)[:, :, None, None]
             x = x + self.bias[None, :, None, None]
         else:
-            x = F.conv2d(x, self.weight_pw, self.bias)
+            x = F.conv2d(x, self.weight, self.bias, padding=self.kernel_padding)
         if self.noise is not None:
             x = x + self.noise
         return F.leaky_relu(x, SLOPE)

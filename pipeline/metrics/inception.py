@@ -17,11 +17,12 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..io import sha256_file
+from . import stand_in_name
 from .weights import find_weights, load_state_dict_file, missing_weights_error
 
 HUB_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
-PARAMS_KEY = "distill.features.weights"
+PARAMS_KEY = "metric_networks.inception.weights"
 
 
 @contextlib.contextmanager
@@ -74,7 +75,7 @@ class InceptionFeatures(nn.Module):
                 for m in self.net.modules():
                     if isinstance(m, nn.Conv2d):
                         nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-        self.name = "inception" + ("_randinit" if self.stand_in else "")
+        self.name = stand_in_name("inception", self.stand_in)
         # What features depend on (cache keys of reference statistics).
         self.weights_id = f"randinit-seed{seed}" if path is None else sha256_file(path)
         self.requires_grad_(False)

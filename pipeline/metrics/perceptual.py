@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PipelineError
+from . import stand_in_name
 from .weights import assign, find_weights, load_state_dict_file, missing_weights_error
 
 HUB_NAMES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
-PARAMS_KEY = "distill.perceptual.backbone_weights"
 MIN_SIZE = 32  # VGG/AlexNet pool 4-5 times: smaller images are up-sampled to this first
 
 
@@ -36,8 +36,7 @@ class LPIPS(nn.Module):
     (the distillation uses it as a loss)."""
 
     def __init__(self, net: Literal["vgg", "alex"] = "vgg", backbone_weights: str | Path | None = None,
-                 stand_in: bool = False, size: int | None = None, seed: int = 0,
-                 params_key: str = PARAMS_KEY) -> None:
+                 stand_in: bool = False, size: int | None = None, seed: int = 0) -> None:
         super().__init__()
         if net not in HUB_NAMES:
             raise PipelineError(f"LPIPS net must be one of {sorted(HUB_NAMES)}, got {net!r}")
@@ -45,7 +44,8 @@ class LPIPS(nn.Module):
 
         path = find_weights(backbone_weights, HUB_NAMES[net])
         if path is None and not stand_in:
-            raise missing_weights_error(f"the LPIPS {net} backbone", HUB_NAMES[net], params_key)
+            raise missing_weights_error(f"the LPIPS {net} backbone", HUB_NAMES[net],
+                                        f"metric_networks.lpips_{net}.weights")
         # Seeded: a stand-in backbone must be the same network in every run and process.
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" from lpips
@@ -56,7 +56,8 @@ class LPIPS(nn.Module):
             names = {k: "features." + k.split(".", 1)[1] for k in self.model.net.state_dict()}
             assign(self.model.net, load_state_dict_file(path), names, path)
         self.stand_in = path is None
-        self.name = f"lpips_{net}" + ("_randinit" if self.stand_in else "")
+        self.metric = f"lpips_{net}"  # the figure it measures, named by its backbone
+        self.name = stand_in_name(self.metric, self.stand_in)
         self.size = size
         self.requires_grad_(False)
         self.train(False)

@@ -8,11 +8,13 @@ already in torch hub's cache is used.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from ..checkpoints.rosinality import refused_file_error
 from ..errors import CheckpointError, PipelineError
 from ..fetch import fetch
 
@@ -61,6 +63,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message would advise weights_only=False
+        raise refused_file_error(path, e, "weights file") from None
     except Exception as e:  # noqa: BLE001 - safetensors/torch raise many types for bad files
         raise CheckpointError(f"{path}: not a readable weights file, expected a state dict "
                               f"in safetensors or torch format ({type(e).__name__}: {e})") from None

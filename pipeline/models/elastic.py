@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .mobile import MobileSynthesis, StudentConfig
+from .mobile import MobileSynthesis, ModulatedDenseConv2d, StudentConfig
 from .stylegan2 import Generator, StyleGAN2Config, resolutions
 
 Config = StyleGAN2Config | StudentConfig
@@ -219,14 +219,17 @@ def _teacher_groups(g: Generator) -> list[list[_Use]]:
 
 
 def _student_groups(s: MobileSynthesis) -> list[list[_Use]]:
-    def reads(layer: str, unit: int) -> list[_Use]:  # a DW-separable conv reading them
-        uses = [_Use(f"{layer}.conv.weight_dw", 0, unit), _Use(f"{layer}.conv.weight_pw", 1, unit, True),
-                _Use(f"{layer}.conv.modulation.weight", 0, unit), _Use(f"{layer}.conv.modulation.bias", 0, unit)]
-        return uses + ([_Use(f"{layer}.conv.style_inv", 0, unit)]
-                       if s.cfg.demodulation == "fused" else [])
+    def reads(layer: str, unit: int) -> list[_Use]:  # a modulated conv reading them
+        c = f"{layer}.conv"
+        conv = s.get_submodule(c)
+        uses = ([_Use(f"{c}.weight", 1, unit, True)] if isinstance(conv, ModulatedDenseConv2d)
+                else [_Use(f"{c}.weight_dw", 0, unit), _Use(f"{c}.weight_pw", 1, unit, True)])
+        uses += [_Use(f"{c}.modulation.weight", 0, unit), _Use(f"{c}.modulation.bias", 0, unit)]
+        return uses + ([_Use(f"{c}.style_inv", 0, unit)] if conv.demodulation == "fused" else [])
 
     def writes(layer: str, unit: int) -> list[_Use]:
-        return [_Use(f"{layer}.conv.weight_pw", 0, unit), _Use(f"{layer}.activate.bias", 0, unit)]
+        conv = s.get_submodule(f"{layer}.conv")
+        return [_Use(f"{layer}.conv.{conv.out_weight}", 0, unit), _Use(f"{layer}.activate.bias", 0, unit)]
 
     def head_and_next(head: str, b: int) -> tuple[int, list[_Use]]:
         """Readers of a level output: its head and, through the IDWT, level b's conv1."""

@@ -1,8 +1,8 @@
 """MobileStyleGAN student synthesis network (Belousov, 2021), with BlazeStyleGAN's
 UpToRGB heads (Jia et al., 2023) as an option. Read beside DESIGN.md section 3.
 
-    const 4x4 -> StyledConv -> head
-    per level: IDWT up-sampling (modulated input, 4C -> C at 2x) -> 2 x StyledDWConv -> head
+    const 4x4 -> StyledConv (the input layer) -> head
+    per level: IDWT up-sampling (modulated input, 4C -> C at 2x) -> 2 x StyledConv -> head
     head: 1x1 modulated conv to the 12-channel Haar wavelet image (or UpToRGB);
     image = IDWT(last head)            (the other heads only train: deep supervision)
 
@@ -10,7 +10,22 @@ Depthwise-separable modulated conv: x' = s * x, 3x3 depthwise, 1x1 pointwise, no
 non-linearity between; the composite dense kernel is w_jik = pw_ji dw_ik, so
 demodulation divides output j by sigma_j = sqrt(sum_i sum_k (s_i w_jik)^2 + eps).
 With ``demodulation="fused"`` s inside sigma is a trainable parameter, so sigma is
-constant at inference and :func:`fold_demodulation` folds it into pw.
+constant at inference and :func:`fold_demodulation` folds it into pw (the config
+then says ``"folded"``).
+
+The input layer (``StudentConfig.input_layer``), the one conv at 4x4:
+
+* ``dense`` (default): StyleGAN2's modulated dense 3x3 conv, as MobileStyleGAN's
+  reference code has it (same demodulation modes; fused folds into its kernel).
+* ``separable``: a DW-separable conv like every other layer; what students saved
+  before this option existed hold.
+
+Cost at 1024, config-f channels (``python -m pipeline.cost``: folded, last head;
+mapping network apart): the layer alone is 2,622,465 params and 38.0 MMAC dense,
+529,921 and 4.5 MMAC separable; the synthesis network 7,306,395 params, 7.364
+GMAC dense vs 5,213,851 and 7.331 GMAC separable (UpToRGB heads: 585 params and
+0.139 GMAC fewer). The 2,092,544 parameters of the dense kernel (512 x 512 x 9
+against 512 x 9 + 512 x 512) are the whole gap to the reference code.
 
 Styles and noise come from the teacher: a level whose features have resolution r
 uses the teacher's W+ entries and noise tensors of the teacher block at r (the
@@ -32,7 +47,8 @@ from torch import nn
 from .stylegan2 import ConstantInput, EqualLinear, FusedLeakyReLU, NoiseInjection, resolutions
 from .wavelets import idwt
 
-Demodulation = Literal["exact", "fused", "none"]
+# exact: per style; fused: constant (trainable); folded: fused, multiplied into the weights
+Demodulation = Literal["exact", "fused", "folded"]
 WAVELET_CHANNELS = 12  # Haar subbands (LL, LH, HL, HH) x RGB
 
 
@@ -44,8 +60,13 @@ class StudentConfig(BaseModel):
     resolution: int = Field(description="output image size (the teacher's)")
     style_dim: int = Field(512, gt=0)
     channels: dict[int, int] = Field(description="feature channels per feature resolution 4..R/2")
-    demodulation: Literal["exact", "fused"] = "fused"
+    demodulation: Demodulation = Field("fused", description="exact | fused | folded: "
+                                       "what fold_demodulation leaves (no style_inv)")
     head: Literal["wavelet", "uptorgb"] = "wavelet"
+    input_layer: Literal["dense", "separable"] = Field(
+        "dense", description="the 4x4 conv after the constant: a dense modulated 3x3 conv "
+        "(MobileStyleGAN's code) or a DW-separable one like every other layer. Files saved "
+        "before this field existed hold separable (pipeline.checkpoints.project reads them so)")
     widths: list[int] | None = Field(
         None, description="a sub-network's channels, first-k of each layer (conv_widths' "
         "layout); None = the full network. ``channels`` stays the full network's: its "
@@ -121,17 +142,20 @@ def conv_widths(channels: dict[int, int]) -> list[int]:
     return [channels[r] for r in sorted(channels) for _ in (0, 1)]
 
 
-class ModulatedDWConv2d(nn.Module):
-    """Modulated depthwise-separable conv with exact, fused (constant) or no demodulation."""
+class ModulatedConv(nn.Module):
+    """What both modulated convs share: the activations are modulated, x' = scale * s * x
+    (the same as StyleGAN2's weight modulation w'_jik = s_i w_jik, with one kernel for the
+    whole batch), the conv runs, and output j is divided by sigma_j = sqrt(sum_i
+    (scale s_i)^2 E_ji + eps), E_ji = sum_k w_jik^2 of the (composite) dense kernel.
+    ``exact``: sigma from s, per sample; ``fused``: from a trainable stand-in for s, so
+    sigma is constant at inference; ``folded``: that constant is in ``out_weight``."""
 
-    def __init__(
-        self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int = 3,
-        demodulation: Demodulation = "fused", fan_in: int | None = None,
-    ) -> None:
+    out_weight: str  # the parameter whose dim 0 is the output channels: folding scales it
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int,
+                 demodulation: Demodulation, fan_in: int | None) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.padding = in_ch, out_ch, kernel_size // 2
-        self.weight_dw = nn.Parameter(torch.randn(in_ch, 1, kernel_size, kernel_size))
-        self.weight_pw = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
         # fan_in: the full network's input channels when this is a sub-network's slice.
         self.scale = 1.0 / math.sqrt((fan_in or in_ch) * kernel_size**2)
@@ -140,18 +164,20 @@ class ModulatedDWConv2d(nn.Module):
             # Stands in for s inside sigma; init 1 = the modulation's bias init.
             self.style_inv = nn.Parameter(torch.ones(in_ch))
 
+    def energy(self) -> torch.Tensor:
+        """E [out, in]: sum_k w_jik^2 of the dense kernel the conv computes."""
+        raise NotImplementedError
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def sigma_inv(self, s: torch.Tensor) -> torch.Tensor:
-        """1 / sigma_j for styles s [B, in] -> [B, out]; sum_k dw_ik^2 factors out of the sum."""
-        energy = self.weight_pw.squeeze(-1).squeeze(-1).pow(2) * self.weight_dw.pow(2).sum(
-            [1, 2, 3]
-        )  # [out, in]: sum_k (pw_ji dw_ik)^2
-        return torch.rsqrt((self.scale * s).pow(2) @ energy.t() + 1e-8)
+        """1 / sigma_j for styles s [B, in] -> [B, out]."""
+        return torch.rsqrt((self.scale * s).pow(2) @ self.energy().t() + 1e-8)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         s = self.modulation(w)  # [B, in]
-        x = x * (self.scale * s)[:, :, None, None]
-        x = F.conv2d(x, self.weight_dw, padding=self.padding, groups=self.in_ch)
-        x = F.conv2d(x, self.weight_pw)
+        x = self.conv(x * (self.scale * s)[:, :, None, None])
         if self.demodulation == "exact":
             x = x * self.sigma_inv(s)[:, :, None, None]
         elif self.demodulation == "fused":
@@ -160,21 +186,60 @@ class ModulatedDWConv2d(nn.Module):
 
     @torch.no_grad()
     def fold_(self) -> None:
-        """Fold the constant fused demodulation into the pointwise weights (inference)."""
+        """Fold the constant fused demodulation into the output weights (inference)."""
         if self.demodulation != "fused":
             raise ValueError(f"only fused demodulation folds, this conv is {self.demodulation!r}")
-        self.weight_pw.mul_(self.sigma_inv(self.style_inv[None]).view(-1, 1, 1, 1))
+        getattr(self, self.out_weight).mul_(self.sigma_inv(self.style_inv[None]).view(-1, 1, 1, 1))
         del self.style_inv
-        self.demodulation = "none"
+        self.demodulation = "folded"
 
 
-class StyledDWConv(nn.Module):
-    """Modulated DW-separable conv -> noise -> bias + leaky ReLU (as the teacher's StyledConv)."""
+class ModulatedDWConv2d(ModulatedConv):
+    """Modulated depthwise-separable conv: 3x3 depthwise, then 1x1 pointwise, nothing
+    between; the composite dense kernel is w_jik = pw_ji dw_ik, so E_ji = pw_ji^2 sum_k dw_ik^2."""
+
+    out_weight = "weight_pw"
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int = 3,
+                 demodulation: Demodulation = "fused", fan_in: int | None = None) -> None:
+        super().__init__(in_ch, out_ch, style_dim, kernel_size, demodulation, fan_in)
+        self.weight_dw = nn.Parameter(torch.randn(in_ch, 1, kernel_size, kernel_size))
+        self.weight_pw = nn.Parameter(torch.randn(out_ch, in_ch, 1, 1))
+
+    def energy(self) -> torch.Tensor:
+        return self.weight_pw.squeeze(-1).squeeze(-1).pow(2) * self.weight_dw.pow(2).sum([1, 2, 3])
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight_dw, padding=self.padding, groups=self.in_ch)
+        return F.conv2d(x, self.weight_pw)
+
+
+class ModulatedDenseConv2d(ModulatedConv):
+    """StyleGAN2's modulated dense conv (MobileStyleGAN's 4x4 layer), weight [out, in, k, k]."""
+
+    out_weight = "weight"
+
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, kernel_size: int = 3,
+                 demodulation: Demodulation = "fused", fan_in: int | None = None) -> None:
+        super().__init__(in_ch, out_ch, style_dim, kernel_size, demodulation, fan_in)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+
+    def energy(self) -> torch.Tensor:
+        return self.weight.pow(2).sum([2, 3])
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, padding=self.padding)
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv -> noise -> bias + leaky ReLU (as the teacher's StyledConv);
+    depthwise-separable, or ``dense`` (the 4x4 layer by default)."""
 
     def __init__(self, in_ch: int, out_ch: int, style_dim: int, demodulation: Demodulation,
-                 fan_in: int | None = None) -> None:
+                 fan_in: int | None = None, dense: bool = False) -> None:
         super().__init__()
-        self.conv = ModulatedDWConv2d(in_ch, out_ch, style_dim, 3, demodulation, fan_in)
+        conv = ModulatedDenseConv2d if dense else ModulatedDWConv2d
+        self.conv = conv(in_ch, out_ch, style_dim, 3, demodulation, fan_in)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch)
 
@@ -236,8 +301,8 @@ class Level(nn.Module):
         super().__init__()
         d = cfg.style_dim
         self.up = IDWTUpsample(w[0], d)
-        self.conv1 = StyledDWConv(w[0] // 4, w[1], d, cfg.demodulation, f[0] // 4)
-        self.conv2 = StyledDWConv(w[1], w[2], d, cfg.demodulation, f[1])
+        self.conv1 = StyledConv(w[0] // 4, w[1], d, cfg.demodulation, f[0] // 4)
+        self.conv2 = StyledConv(w[1], w[2], d, cfg.demodulation, f[1])
         self.head = Head(w[2], d, cfg.head, f[2])
 
     def forward(
@@ -264,7 +329,8 @@ class MobileSynthesis(nn.Module):
         # w: the channels each layer runs; f: the full network's (fan-ins of the scales).
         w, f, d = cfg.layer_widths, cfg.full_widths, cfg.style_dim
         self.input = ConstantInput(w[0])
-        self.conv1 = StyledDWConv(w[0], w[1], d, cfg.demodulation, f[0])
+        self.conv1 = StyledConv(w[0], w[1], d, cfg.demodulation, f[0],
+                                dense=cfg.input_layer == "dense")
         self.head1 = Head(w[1], d, cfg.head, f[1])
         self.levels = nn.ModuleList(
             Level((w[i - 1], w[i], w[i + 1]), (f[i - 1], f[i], f[i + 1]), cfg)
@@ -307,11 +373,11 @@ def calibrate_demodulation(student: MobileSynthesis, wplus: torch.Tensor,
     the styles s that conv really receives, so fused starts out as exact demodulation on
     average (at init 1 the mismatch compounds layer after layer into huge activations)."""
 
-    def calibrate(module: ModulatedDWConv2d, args) -> None:
+    def calibrate(module: ModulatedConv, args) -> None:
         module.style_inv.copy_(module.modulation(args[1]).pow(2).mean(0).sqrt())
 
     hooks = [m.register_forward_pre_hook(calibrate) for m in student.modules()
-             if isinstance(m, ModulatedDWConv2d) and m.demodulation == "fused"]
+             if isinstance(m, ModulatedConv) and m.demodulation == "fused"]
     try:
         student(wplus, noise)  # hooks fire coarse to fine, each seeing calibrated inputs
     finally:
@@ -320,12 +386,15 @@ def calibrate_demodulation(student: MobileSynthesis, wplus: torch.Tensor,
 
 
 def fold_demodulation(student: MobileSynthesis) -> MobileSynthesis:
-    """A copy of ``student`` with every fused demodulation folded into its pointwise weights.
-
-    Same images, fewer ops: the per-call sigma computation disappears.
+    """A copy of ``student`` with every fused demodulation folded into its output weights
+    (pointwise, or the dense 4x4 kernel); its config says ``demodulation="folded"``, so
+    it saves and reloads as what it is. Same images, fewer ops: the per-call sigma
+    computation disappears. Exact and already folded students are copied unchanged.
     """
     folded = copy.deepcopy(student)
     for module in folded.modules():
-        if isinstance(module, ModulatedDWConv2d) and module.demodulation == "fused":
+        if isinstance(module, ModulatedConv) and module.demodulation == "fused":
             module.fold_()
+    if folded.cfg.demodulation == "fused":
+        folded.cfg = folded.cfg.model_copy(update={"demodulation": "folded"})
     return folded

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.rosinality import refusal_reason
 from ..errors import CheckpointError
 from ..io import atomic_path
 
@@ -61,7 +62,8 @@ def load_latest(folder: str | Path, digest: str) -> dict[str, Any] | None:
             if not isinstance(state, dict) or "step" not in state or "digest" not in state:
                 raise ValueError("not a training snapshot")
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-            log.warning("skipping unreadable snapshot %s (%s)", path, str(e).splitlines()[0])
+            reason = refusal_reason(e) if isinstance(e, pickle.UnpicklingError) else str(e).splitlines()[0]
+            log.warning("skipping unreadable snapshot %s (%s)", path, reason)
             unreadable.append(path)
             continue
         if state["digest"] != digest:
@@ -82,7 +84,3 @@ def load_latest(folder: str | Path, digest: str) -> dict[str, Any] | None:
         )
     return None
 
-
-def clear(folder: str | Path) -> None:
-    for path in snapshots(folder):
-        os.unlink(path)

@@ -33,8 +33,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..code import ROOT, import_closure
+from ..data import RealImages
 from ..errors import PipelineError
+from ..metrics import stand_in_name
 from ..metrics.distances import kid
+from ..metrics.fixed_latents import FixedLatents, Means, distances
 from ..models.discriminator import Discriminator
 from ..models.elastic import (
     Arch,
@@ -48,10 +52,11 @@ from ..models.elastic import (
     uniform_widths,
 )
 from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
+from ..models.sampling import downsample, teacher_targets, upsample
 from ..models.stylegan2 import Generator
 from ..params import Distill
 from . import checkpoint, dist
-from .loss import DistillLoss, Targets, downsample, teacher_targets, upsample
+from .loss import DistillLoss
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +73,35 @@ def student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
         if arch.channels is not None:
             return StudentConfig(resolution=t.resolution, style_dim=t.style_dim,
                                  channels=arch.channels, demodulation=arch.demodulation,
-                                 head=arch.head)
+                                 head=arch.head, input_layer=arch.input_layer)
         base = StudentConfig.from_teacher(t.channels, t.resolution, t.style_dim)
         channels = {r: max(4, round(c * arch.width / 4) * 4) for r, c in base.channels.items()}
         return StudentConfig(resolution=t.resolution, style_dim=t.style_dim, channels=channels,
-                             demodulation=arch.demodulation, head=arch.head)
+                             demodulation=arch.demodulation, head=arch.head,
+                             input_layer=arch.input_layer)
     except ValueError as e:
         raise PipelineError(
             f"distill.student does not fit the {t.resolution}x{t.resolution} teacher: {e}"
         ) from None
 
 
-# The code that decides what training computes: a snapshot made by other code is not resumed.
-_TRAINING_CODE = ("training", "models", "metrics")
+def training_code() -> list[Path]:
+    """The code a training step runs: this loop's imports and the metric networks the stage
+    passes in. Left out: code that only moves bytes (fetching, checkpoint formats: the
+    teacher is identified by its sha256) and the params schema (the settings' values are
+    digested themselves)."""
+    files = import_closure(__name__, "pipeline.metrics.perceptual", "pipeline.metrics.inception")
+    bytes_only = (ROOT / "pipeline" / "fetch", ROOT / "pipeline" / "checkpoints")
+    return [p for p in files if not p.is_relative_to(bytes_only[0])
+            and not p.is_relative_to(bytes_only[1]) and p != ROOT / "pipeline" / "params.py"]
 
 
 def code_digest() -> str:
-    root = Path(__file__).resolve().parents[1]
+    """A snapshot made by other training code is not resumed; editing anything else is
+    free (a metric file, the export stage...)."""
     digest = hashlib.sha256()
-    for path in sorted(p for d in _TRAINING_CODE for p in (root / d).rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in training_code():
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -96,6 +110,7 @@ def settings_digest(cfg: Distill, teacher_sha256: str, world: int) -> str:
     cadence), the teacher, the number of processes and the training code."""
     data = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "log_every"})
     data["validation"].pop("every")
+    data["adversarial"].pop("real_workers", None)  # how many processes decode: not what they draw
     blob = json.dumps({"distill": data, "teacher": teacher_sha256, "world": world,
                        "code": code_digest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -123,18 +138,16 @@ class DistillResult:
 
 
 class Validator:
-    """Fixed latents + fixed noise: the EMA student against the teacher, every time the same."""
+    """Fixed latents + fixed noise: the EMA student against the teacher, every time the same
+    (pipeline.metrics.fixed_latents: a smaller sub-network is up-sampled to full size)."""
 
     def __init__(self, teacher: Generator, cfg: Distill, lpips, features, device: torch.device,
                  batch: int = 8) -> None:
         v = cfg.validation
-        g = torch.Generator().manual_seed(v.seed)
-        self.targets: list[Targets] = []
-        for start in range(0, v.num_samples, batch):
-            n = min(batch, v.num_samples - start)
-            self.targets.append(teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device))
+        self.latents = FixedLatents(teacher, v.num_samples, batch, cfg.truncation_psi, v.seed, device)
         self.lpips, self.features = lpips, features
-        self.teacher_feats = torch.cat([self._feats(t.image) for t in self.targets])
+        self.kid = stand_in_name("kid", features.stand_in)
+        self.teacher_feats = torch.cat([self._feats(t.image) for t in self.latents])
 
     @torch.no_grad()
     def _feats(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,23 +155,18 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, student: MobileSynthesis) -> dict[str, float]:
-        """A sub-network with a lower output resolution is compared at its resolution."""
-        lp, l1, feats = [], [], []
-        for t in self.targets:
-            image = student(t.wplus, t.noise).float()
-            ref = downsample(t.image, image.shape[-1])
-            lp.append(self.lpips(image, ref).mean().item() * len(image))
-            l1.append((image - ref).abs().mean().item() * len(image))
+        """``lpips_<net>``, ``mse``, ``pixel_l1`` and KID to the teacher."""
+        means, feats = Means(), []
+        for t, image in self.latents.outputs(student):
+            means.add(distances(image, t.image, self.lpips))
             feats.append(self._feats(image))
-        n = sum(len(t.image) for t in self.targets)
-        student_feats = torch.cat(feats)
-        kid_mean, _ = kid(self.teacher_feats.numpy(), student_feats.numpy(),
-                          num_subsets=50, subset_size=min(1000, n))
-        return {"lpips": sum(lp) / n, "pixel_l1": sum(l1) / n, "kid": kid_mean}
+        kid_mean, _ = kid(self.teacher_feats.numpy(), torch.cat(feats).numpy(),
+                          num_subsets=50, subset_size=min(1000, len(self.latents)))
+        return {**means.result(), self.kid: kid_mean}
 
     def grid_pairs(self, student: MobileSynthesis, count: int) -> torch.Tensor:
         """Teacher row above student row, same latents."""
-        t = self.targets[0]
+        t = next(iter(self.latents))
         with torch.no_grad():
             image = student(t.wplus[:count], [n[:count] for n in t.noise]).float()
         return torch.cat([t.image[:count].float(), image]).cpu()
@@ -179,7 +187,8 @@ def distill(
     snapshot_dir: str | Path,
     lpips,
     features,
-    real_images: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+    procs: dist.Dist,
+    real_images: RealImages | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
     on_validate: Callable[[dict[str, float], int, torch.Tensor], None] | None = None,
     progress: bool = True,
@@ -187,10 +196,12 @@ def distill(
     """Train a student to imitate ``teacher``; returns the EMA student and its history.
 
     ``lpips`` is the perceptual network (loss and validation), ``features`` the KID
-    feature extractor; ``real_images(n, generator)`` gives the discriminator real
-    images (BlazeStyleGAN) instead of teacher images. Callbacks run on rank 0 only.
+    feature extractor, both already on ``procs.device`` (the device the process group
+    chose: decided once, before anything is moved); ``real_images`` gives the discriminator real
+    images (BlazeStyleGAN) instead of teacher images: the batch of step s depends only on
+    (seed, rank, s), so a resumed run draws the reals an uninterrupted one does. Callbacks run on rank 0 only.
     """
-    ctx = dist.setup()
+    ctx = procs
     device = ctx.device
     torch.manual_seed(cfg.seed)
     student_cfg = student_config(cfg, teacher)
@@ -268,10 +279,12 @@ def distill(
                desc="distill", unit="step", dynamic_ncols=True)
     t0, images_seen = time.perf_counter(), 0
     full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)
+    reals = None if real_images is None else real_images.batches(
+        batch, start_step + 1, cfg.seed * 1000 + ctx.rank, cfg.adversarial.real_workers)
     for step in range(start_step + 1, cfg.steps + 1):
         target = teacher_targets(teacher, batch, cfg.truncation_psi, cfg.style_mixing_prob,
                                  sampler, device)
-        real = target.image if real_images is None else real_images(batch, sampler).to(device)
+        real = target.image if reals is None else next(reals).to(device)
         arch, cond = full_arch, None
         if elastic is not None and step > el.start_step:
             if step == el.start_step + 1:  # once: most important channels first
@@ -357,21 +370,21 @@ def distill(
             dist.barrier(ctx)
         bar.update(1)
     bar.close()
+    if reals is not None:
+        reals.close()  # stops the decoding workers
     elapsed = time.perf_counter() - t0
-    dist.teardown(ctx)
     end = history.validation[-1] if history.validation else {}
+    lp, kid_name = lpips.name, validator.kid if validator else "kid"
     metrics = {
         "steps": cfg.steps,
         "resumed_from_step": start_step,
         "images_per_second": round(images_seen / elapsed, 3) if images_seen else 0.0,
         "train_seconds": round(elapsed, 2),
-        "lpips_to_teacher_start": metrics_start["lpips"] if metrics_start else math.nan,
-        "lpips_to_teacher_end": end.get("lpips", math.nan),
-        "pixel_l1_start": metrics_start["pixel_l1"] if metrics_start else math.nan,
-        "pixel_l1_end": end.get("pixel_l1", math.nan),
-        "kid_start": metrics_start["kid"] if metrics_start else math.nan,
-        "kid_end": end.get("kid", math.nan),
-        **({"lpips_to_teacher_smallest_end": end.get("lpips_smallest", math.nan)}
+        **{f"{name}_{when}": figures.get(key, math.nan) if figures else math.nan
+           for name, key in ((f"{lp}_to_teacher", lp), ("pixel_l1", "pixel_l1"),
+                             ("mse", "mse"), (kid_name, kid_name))
+           for when, figures in (("start", metrics_start), ("end", end))},
+        **({f"{lp}_to_teacher_smallest_end": end.get(f"{lp}_smallest", math.nan)}
            if elastic is not None else {}),
         "student_params": sum(p.numel() for p in ema.parameters()),
         "world_size": ctx.world,

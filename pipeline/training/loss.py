@@ -17,53 +17,15 @@ level's resolution (and with its Haar DWT for wavelet heads).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from ..models.mobile import StudentOutput
-from ..models.stylegan2 import Generator
+from ..models.sampling import Targets, downsample, upsample
 from ..models.wavelets import dwt
 from ..params import LossWeights
 from .augment import diff_augment
 from .gan_loss import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-
-
-class Targets(NamedTuple):
-    wplus: torch.Tensor
-    noise: list[torch.Tensor]
-    image: torch.Tensor  # the teacher's image, [B, 3, R, R]
-
-
-@torch.no_grad()
-def teacher_targets(
-    teacher: Generator, batch: int, truncation_psi: float, mixing_prob: float,
-    generator: torch.Generator, device: torch.device,
-) -> Targets:
-    """One batch of {W+, noise, teacher image} from fresh z: no dataset needed."""
-    d, n = teacher.cfg.style_dim, teacher.cfg.n_latent
-    z = torch.randn(batch, d, generator=generator).to(device)
-    z_mix, crossover = None, None
-    draw = torch.rand((), generator=generator).item()
-    if draw < mixing_prob:
-        z_mix = torch.randn(batch, d, generator=generator).to(device)
-        crossover = int(torch.randint(1, n, (), generator=generator))
-    out = teacher(z, truncation_psi, z_mix, crossover, noise_mode="random", generator=generator)
-    return Targets(out.wplus, out.noise, out.image)
-
-
-def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Area downsampling: box filter, consistent with the Haar LL band."""
-    factor = image.shape[-1] // size
-    return image if factor == 1 else F.avg_pool2d(image, factor)
-
-
-def upsample(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear up-sampling to ``size`` (a lower-resolution output, shown to D)."""
-    if image.shape[-1] == size:
-        return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
 
 class DistillLoss:

@@ -63,6 +63,43 @@ def test_pt_file_with_code_in_its_pickle_is_refused_and_nothing_runs(tmp_path, m
     assert not (tmp_path / "EXPLOITED").exists()
 
 
+class _Harmless:  # a global torch's weights-only loader does not allow: refused, never built
+    pass
+
+
+@pytest.mark.parametrize("payload", ["os.system", "class"])
+@pytest.mark.parametrize("loader", ["teacher", "metric weights"])
+def test_refused_pt_names_file_and_global_and_never_advises_weights_only_false(
+        tmp_path, monkeypatch, payload, loader):
+    from pipeline.metrics.weights import load_state_dict_file
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    obj, name = ((_Exploit(), f"{os.system.__module__}.system") if payload == "os.system"
+                 else (_Harmless(), f"{__name__}._Harmless"))
+    torch.save({"g_ema": obj}, path)
+    load = load_teacher if loader == "teacher" else load_state_dict_file
+    with pytest.raises(CheckpointError) as err:
+        load(path)
+    msg = str(err.value)
+    assert str(path) in msg and name in msg and "refusing to load" in msg
+    assert "re-save only its tensors" in msg
+    # torch's advice (weights_only=False, allowlisting the global) is not passed on.
+    for advice in ("weights_only=False", "weights_only", "set to `False`", "safe_globals", "trust the"):
+        assert advice not in msg, advice
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_refused_pt_without_a_global_keeps_torchs_reason_but_not_its_advice(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"\x80\x02" + b"garbage" * 4)  # a legacy pickle with an unknown opcode
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(path, format="rosinality")
+    msg = str(err.value)
+    assert str(path) in msg and "Unsupported operand" in msg
+    assert "weights_only" not in msg and "set to `False`" not in msg
+
+
 def test_missing_and_misshapen_keys_are_named(tmp_path, tiny_teacher):
     state = {k: v for k, v in tiny_teacher.state_dict().items() if k != "w_avg"}
     del state["convs.1.noise.weight"]

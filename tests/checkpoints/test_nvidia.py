@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import detect_format, load_teacher
+from pipeline.checkpoints import detect_format, load_teacher, nvidia
 from pipeline.checkpoints.nvidia import (
     ALLOWED_GLOBALS,
     PersistentObject,
-    dump_network_pickle,
     load_nvidia,
-    nvidia_network,
     read_network_pickle,
-    save_nvidia_pickle,
 )
 from pipeline.errors import CheckpointError
 from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
+from tests.checkpoints.nvidia_writer import dump_network_pickle, nvidia_network, save_nvidia_pickle
 
 
 def _cfg(**update) -> StyleGAN2Config:
@@ -158,6 +156,14 @@ def test_real_pickle_loads_without_torch_utils_importable(teacher, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "32"
+
+
+def test_the_library_only_reads_network_pickles():
+    """Writing NVIDIA pickles is a test helper (tests/checkpoints/nvidia_writer.py)."""
+    writer = {"save_nvidia_pickle", "nvidia_network", "dump_network_pickle", "STAND_IN_SOURCE"}
+    assert not writer & set(dir(nvidia))
+    assert not any(isinstance(v, type) and issubclass(v, pickle.Pickler | pickle._Pickler)
+                   for v in vars(nvidia).values())
 
 
 # -- malicious payloads ----------------------------------------------------------------------

@@ -6,9 +6,21 @@ import pytest
 import torch
 
 from pipeline.export.graph import OutputHead, StyledConv, build, reference
-from pipeline.models.mobile import fold_demodulation
+from pipeline.models.mobile import MobileSynthesis, fold_demodulation
 
 from .conftest import make_student
+
+
+def make(teacher, demodulation: str = "fused", head: str = "wavelet",
+         input_layer: str = "dense") -> MobileSynthesis:
+    """make_student's student with the chosen 4x4 layer: the separable one keeps every
+    other weight (its own depthwise and pointwise kernels random)."""
+    student = make_student(teacher, demodulation, head)
+    if input_layer == student.cfg.input_layer:
+        return student
+    other = MobileSynthesis(student.cfg.model_copy(update={"input_layer": input_layer}))
+    other.load_state_dict(student.state_dict(), strict=False)
+    return other.eval()
 
 
 def inputs(teacher, kind: str, n: int = 3) -> torch.Tensor:
@@ -19,11 +31,13 @@ def inputs(teacher, kind: str, n: int = 3) -> torch.Tensor:
     return torch.randn(n, d, generator=g)
 
 
+@pytest.mark.parametrize("input_layer", ["dense", "separable"])
 @pytest.mark.parametrize("demodulation", ["fused", "exact"])
 @pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
 @pytest.mark.parametrize("kind", ["wplus", "w", "z"])
-def test_the_folded_graph_equals_the_unfolded_student(tiny_teacher, demodulation, head, kind):
-    student = make_student(tiny_teacher, demodulation, head)
+def test_the_folded_graph_equals_the_unfolded_student(tiny_teacher, demodulation, head, kind,
+                                                      input_layer):
+    student = make(tiny_teacher, demodulation, head, input_layer)
     x = inputs(tiny_teacher, kind)
     for output_range in ((0.0, 1.0), (-1.0, 1.0)):
         model = build(student, tiny_teacher, kind, output_range, truncation_psi=0.7)
@@ -53,8 +67,19 @@ def test_fold_demodulation_leaves_the_image_unchanged(tiny_teacher, tiny_student
                               tiny_student(wplus, noise), atol=1e-5)
 
 
+def test_a_folded_student_exports_like_the_unfolded_one(tiny_teacher, tiny_student):
+    folded = fold_demodulation(tiny_student)
+    assert folded.cfg.demodulation == "folded"
+    x = inputs(tiny_teacher, "w")
+    with torch.no_grad():
+        assert torch.allclose(build(folded, tiny_teacher, "w")(x),
+                              build(tiny_student, tiny_teacher, "w")(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("input_layer", ["dense", "separable"])
 def test_only_the_last_head_is_in_the_graph_and_no_style_dependent_work_is_precomputed(
-        tiny_teacher, tiny_student):
+        tiny_teacher, input_layer):
+    tiny_student = make(tiny_teacher, input_layer=input_layer)
     model = build(tiny_student, tiny_teacher, "w")
     heads = [m for m in model.modules() if isinstance(m, OutputHead)]
     assert len(heads) == 1
@@ -66,6 +91,10 @@ def test_only_the_last_head_is_in_the_graph_and_no_style_dependent_work_is_preco
     assert head_weights == sum(p.numel() for p in last.parameters())
     convs = [m for m in model.modules() if isinstance(m, StyledConv)]
     assert convs[0].const is not None and convs[0].weight_dw is None  # dw(const) precomputed
+    # ... where the 4x4 conv is depthwise; a dense one mixes channels: it runs on the const
+    raw = tiny_student.input.input
+    assert torch.equal(convs[0].const, raw) == (input_layer == "dense")
+    assert convs[0].weight.shape[-1] == (3 if input_layer == "dense" else 1)
     assert all(c.noise is not None and c.noise.shape[:2] == (1, 1) for c in convs)  # baked
 
 

@@ -42,10 +42,19 @@ def teacher(res: int = 32) -> Generator:
     return randomize_(Generator(cfg)).double().eval()
 
 
-def student(res: int = 32, demodulation: str = "fused") -> MobileSynthesis:
-    cfg = StudentConfig(resolution=res, style_dim=D, demodulation=demodulation,
+def student(res: int = 32, demodulation: str = "fused", **kw) -> MobileSynthesis:
+    """kw: head, input_layer (the 4x4 conv: dense by default)."""
+    cfg = StudentConfig(resolution=res, style_dim=D, demodulation=demodulation, **kw,
                         channels={r: 16 if r < 16 else 8 for r in resolutions(res // 2)})
     return randomize_(MobileSynthesis(cfg)).double().eval()
+
+
+STUDENTS = {  # every layer kind the slicing and sorting must know
+    "separable": lambda res=32: student(res, input_layer="separable"),
+    "exact": lambda res=32: student(res, "exact"),
+    "exact_separable": lambda res=32: student(res, "exact", input_layer="separable"),
+    "uptorgb": lambda res=32: student(res, head="uptorgb"),
+}
 
 
 def inputs(net, batch: int = 2, seed: int = 0):
@@ -65,7 +74,8 @@ def run(net, wplus, noise):
     return net(wplus, noise)
 
 
-@pytest.mark.parametrize("make", [teacher, student, lambda: student(demodulation="exact")])
+@pytest.mark.parametrize("make", [teacher, student, *STUDENTS.values()],
+                         ids=["teacher", "student", *STUDENTS])
 def test_sorting_keeps_the_full_network_function(make):
     net = make()
     wplus, noise = inputs(net)
@@ -104,7 +114,8 @@ def test_sorted_order_applies_to_copies_and_optimizer_state():
         assert torch.equal(opt.state[p]["exp_avg"], moments[name])
 
 
-@pytest.mark.parametrize("make", [teacher, student])
+@pytest.mark.parametrize("make", [teacher, student, STUDENTS["separable"], STUDENTS["uptorgb"]],
+                         ids=["teacher", "student", "separable", "uptorgb"])
 @pytest.mark.parametrize("widths, out", [
     (None, None),  # the full network
     ("uniform", None),
@@ -143,11 +154,21 @@ def test_teacher_subnet_at_lower_resolution_is_the_full_networks_intermediate_rg
     assert torch.allclose(run(subnet(net, None, 16), wplus, noise), seen["rgb16"], atol=1e-12)
 
 
-def test_student_subnet_at_lower_resolution_is_the_full_networks_level_image():
-    net = student(32)
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_student_subnet_at_lower_resolution_is_the_full_networks_level_image(head):
+    net = student(64, head=head)
     wplus, noise = inputs(net)
     images = net.forward_all(wplus, noise).images
-    assert torch.allclose(subnet(net, None, 16)(wplus, noise), images[-2], atol=1e-12)
+    for k, res in ((2, 32), (3, 16), (4, 8)):
+        assert torch.allclose(subnet(net, None, res)(wplus, noise), images[-k], atol=1e-12)
+    sort_channels_(net)  # sorted, the sub-networks still are the full network's heads
+    images = net.forward_all(wplus, noise).images
+    widths = uniform_widths(net.cfg, 0.5)
+    low = subnet(net, widths, 16)
+    assert low.cfg.head == head and low(wplus, noise).shape[-1] == 16
+    assert torch.allclose(Elastic(net)(widths, 16, "forward", wplus, noise), low(wplus, noise),
+                          rtol=1e-10, atol=1e-10)
+    assert torch.allclose(subnet(net, None, 32)(wplus, noise), images[-2], atol=1e-12)
 
 
 def test_shared_weight_training_updates_only_the_sub_network_corner():
@@ -156,10 +177,11 @@ def test_shared_weight_training_updates_only_the_sub_network_corner():
     wplus, noise = inputs(net)
     out = Elastic(net)(widths, None, "forward_all", wplus.float(), [n.float() for n in noise])
     out.image.square().mean().backward()
-    w = net.levels[0].conv2.conv.weight_pw.grad  # [out, in, 1, 1]
-    k_out, k_in = widths[3], widths[2]
-    assert w[:k_out, :k_in].abs().sum() > 0
-    assert w[k_out:].abs().sum() == 0 and w[:, k_in:].abs().sum() == 0
+    # level 0's pointwise [out, in, 1, 1] and the dense 4x4 kernel [out, in, 3, 3]
+    for w, (k_out, k_in) in ((net.levels[0].conv2.conv.weight_pw.grad, (widths[3], widths[2])),
+                             (net.conv1.conv.weight.grad, (widths[1], widths[0]))):
+        assert w[:k_out, :k_in].abs().sum() > 0
+        assert w[k_out:].abs().sum() == 0 and w[:, k_in:].abs().sum() == 0
 
 
 @pytest.mark.parametrize("bad, match", [

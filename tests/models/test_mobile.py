@@ -1,15 +1,18 @@
-"""The MobileStyleGAN student: exact wavelets, DW-separable modulated convs, demod folding."""
+"""The MobileStyleGAN student: exact wavelets, DW-separable and dense modulated convs,
+demod folding."""
 
 import pytest
 import torch
 
 from pipeline.models.mobile import (
     MobileSynthesis,
+    ModulatedConv,
+    ModulatedDenseConv2d,
     ModulatedDWConv2d,
     StudentConfig,
     fold_demodulation,
 )
-from pipeline.models.stylegan2 import StyleGAN2Config
+from pipeline.models.stylegan2 import ModulatedConv2d, StyleGAN2Config
 from pipeline.models.wavelets import dwt, idwt
 
 
@@ -84,22 +87,60 @@ def test_exact_demodulation_equals_the_composite_dense_kernel_formula():
     assert torch.allclose(conv(x, w), expected, atol=1e-10)
 
 
-def test_folding_fused_demodulation_gives_the_same_images():
+def test_dense_modulated_conv_is_stylegan2s():
+    """Modulating x instead of w is the same conv; exact demodulation is StyleGAN2's, and
+    fused with the stand-in equal to s is exact."""
+    mine = ModulatedDenseConv2d(6, 5, style_dim=4, demodulation="exact").double()
+    ref = ModulatedConv2d(6, 5, 3, style_dim=4).double()
+    ref.load_state_dict({"weight": mine.weight[None], **{
+        f"modulation.{k}": v for k, v in mine.modulation.state_dict().items()}})
+    w = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    assert torch.allclose(mine(x, w), ref(x, w), atol=1e-10)
+    fused = ModulatedDenseConv2d(6, 5, style_dim=4, demodulation="fused").double()
+    fused.load_state_dict(mine.state_dict(), strict=False)
+    fused.style_inv.data = mine.modulation(w[:1]).detach()[0]
+    assert torch.allclose(fused(x[:1], w[:1]), ref(x[:1], w[:1]), atol=1e-10)
+
+
+def test_the_4x4_layer_is_dense_by_default_and_separable_on_request():
+    teacher = StyleGAN2Config.config_f(1024)
+    nets = {}
+    for layer in ("dense", "separable"):
+        cfg = StudentConfig.from_teacher(teacher.channels, 1024, 512, input_layer=layer)
+        with torch.device("meta"):
+            nets[layer] = MobileSynthesis(cfg)
+    assert StudentConfig.from_teacher(teacher.channels, 1024, 512).input_layer == "dense"
+    assert isinstance(nets["dense"].conv1.conv, ModulatedDenseConv2d)
+    assert isinstance(nets["separable"].conv1.conv, ModulatedDWConv2d)
+    assert all(isinstance(lv.conv1.conv, ModulatedDWConv2d) for lv in nets["dense"].levels)
+    n = {k: sum(p.numel() for p in net.parameters()) for k, net in nets.items()}
+    assert n["dense"] - n["separable"] == 2_092_544  # the gap to MobileStyleGAN's code
+
+
+@pytest.mark.parametrize("input_layer", ["dense", "separable"])
+def test_folding_fused_demodulation_gives_the_same_images(input_layer):
     teacher = StyleGAN2Config.config_f(32, channel_max=16, style_dim=8, n_mlp=1)
-    student = MobileSynthesis(StudentConfig.from_teacher(teacher.channels, 32, 8)).double()
+    cfg = StudentConfig.from_teacher(teacher.channels, 32, 8, input_layer=input_layer)
+    student = MobileSynthesis(cfg).double()
     for m in student.modules():  # trained-like constants, not the init value
-        if isinstance(m, ModulatedDWConv2d):
+        if isinstance(m, ModulatedConv):
             m.style_inv.data.uniform_(0.5, 2.0)
     folded = fold_demodulation(student)
     wplus = torch.randn(2, teacher.n_latent, 8, dtype=torch.float64)
     noise = [torch.randn(2, 1, r, r, dtype=torch.float64) for r in teacher.noise_resolutions()]
     assert torch.allclose(folded(wplus, noise), student(wplus, noise), rtol=1e-10, atol=1e-10)
-    convs = [m for m in folded.modules() if isinstance(m, ModulatedDWConv2d)]
-    assert convs and all(m.demodulation == "none" and not hasattr(m, "style_inv") for m in convs)
-    assert all(m.demodulation == "fused" for m in student.modules()
-               if isinstance(m, ModulatedDWConv2d))  # the original is untouched
+    convs = [m for m in folded.modules() if isinstance(m, ModulatedConv)]
+    assert convs and all(m.demodulation == "folded" and not hasattr(m, "style_inv") for m in convs)
+    assert folded.cfg.demodulation == "folded"  # the config says what the modules are
+    assert student.cfg.demodulation == "fused" and all(
+        m.demodulation == "fused" for m in student.modules()
+        if isinstance(m, ModulatedConv))  # the original is untouched
     with pytest.raises(ValueError, match="only fused"):
         convs[0].fold_()
+    rebuilt = MobileSynthesis(folded.cfg).double()  # the config builds the folded modules
+    rebuilt.load_state_dict(folded.state_dict())
+    assert torch.equal(rebuilt(wplus, noise), folded(wplus, noise))
 
 
 @pytest.mark.parametrize("bad, match", [

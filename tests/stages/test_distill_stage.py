@@ -56,7 +56,53 @@ def test_missing_lpips_weights_without_stand_in_is_a_clear_error(workdir, capsys
     monkeypatch.setenv("TORCH_HOME", str(workdir / "no-hub"))
     save_teacher(tiny_teacher, workdir / "t.safetensors")
     params = tiny_params()
-    params["distill"]["perceptual"]["stand_in"] = False
+    params["metric_networks"]["lpips_alex"]["stand_in"] = False
     assert run(workdir, params, workdir / "t.safetensors") == 2
     err = capsys.readouterr().err
-    assert "backbone_weights" in err and "stand_in" in err
+    assert "metric_networks.lpips_alex.weights" in err and "metric_networks.lpips_alex.stand_in" in err
+    assert "alexnet-owt-7be5be79.pth" in err
+
+
+def test_the_metric_networks_go_to_the_device_the_process_group_chose(workdir, tiny_teacher,
+                                                                      monkeypatch):
+    """Under torchrun each process selects its GPU in dist.setup(); nothing may be moved to
+    a device before that, and the networks must land on the chosen one."""
+    import torch
+
+    from pipeline import stages
+    from pipeline.checkpoints import save_teacher
+    from pipeline.params import parse_params
+    from pipeline.stages import distill as stage
+    from pipeline.training import dist
+
+    events = []
+    chosen = dist.Dist(rank=0, world=1, device=torch.device("cpu", 0))
+
+    def setup():
+        events.append("setup")
+        return chosen
+
+    def networks(kind, real):
+        def build(*args):
+            events.append((kind, args[-1]))
+            return real(*args)
+        return build
+
+    class Stop(Exception):
+        pass
+
+    def fake_distill(*args, **kw):
+        events.append(("distill", args[6]))
+        raise Stop
+
+    monkeypatch.setattr(stage.dist, "setup", setup)
+    monkeypatch.setattr(stage, "lpips_network", networks("lpips", stage.lpips_network))
+    monkeypatch.setattr(stage, "inception_network", networks("inception", stage.inception_network))
+    monkeypatch.setattr(stage, "distill", fake_distill)
+    save_teacher(tiny_teacher, workdir / "t.safetensors")
+    paths = stage.Paths(teacher=str(workdir / "t.safetensors"), out=str(workdir / "out"),
+                        snapshots=str(workdir / "snap"), plots=str(workdir / "plots"))
+    with pytest.raises(Stop):
+        stage.run(parse_params(tiny_params()), paths, stages.Context(workdir / "cache", False))
+    assert events == ["setup", ("lpips", chosen.device), ("inception", chosen.device),
+                      ("distill", chosen)]

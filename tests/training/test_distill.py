@@ -33,8 +33,13 @@ def distill_cfg(**overrides) -> Distill:
 def helper_nets():
     from pipeline.metrics.inception import InceptionFeatures
     from pipeline.metrics.perceptual import LPIPS
+    from pipeline.training import dist
 
-    return LPIPS("alex", None, stand_in=True, size=32), InceptionFeatures(None, stand_in=True)
+    return (LPIPS("alex", None, stand_in=True, size=32), InceptionFeatures(None, stand_in=True),
+            dist.setup())
+
+
+LP = "lpips_alex_randinit"  # validation LPIPS on a stand-in AlexNet, named as reported
 
 
 def test_short_distillation_brings_the_student_closer_to_the_teacher(
@@ -45,7 +50,8 @@ def test_short_distillation_brings_the_student_closer_to_the_teacher(
     result = distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
     m = result.metrics
     assert m["steps"] == 150 and m["images_per_second"] > 0
-    assert m["lpips_to_teacher_end"] < 0.85 * m["lpips_to_teacher_start"], m
+    assert m[f"{LP}_to_teacher_end"] < 0.85 * m[f"{LP}_to_teacher_start"], m
+    assert m["kid_randinit_end"] < m["kid_randinit_start"] and "kid_end" not in m
     assert m["pixel_l1_end"] < 0.5 * m["pixel_l1_start"], m
     assert [row["step"] for row in result.history.validation] == [0, 75, 150]
 
@@ -60,13 +66,13 @@ def test_elastic_training_trains_the_sub_networks(tiny_teacher, helper_nets, tmp
     logged = set().union(*result.history.losses)
     assert {"consistency_mse", "consistency_lpips", "gan_d"} <= logged
     rows = result.history.validation
-    assert "lpips_smallest" not in rows[0] and all("lpips_smallest" in r for r in rows[1:])
+    assert f"{LP}_smallest" not in rows[0] and all(f"{LP}_smallest" in r for r in rows[1:])
     assert rows[-1]["pixel_l1_smallest"] < 0.85 * rows[1]["pixel_l1_smallest"], rows
     assert rows[-1]["pixel_l1"] < rows[0]["pixel_l1"], rows  # the full network still learns
     smallest = uniform_widths(result.student.cfg, 0.25)
-    validator = Validator(tiny_teacher, cfg, *helper_nets, torch.device("cpu"))
+    validator = Validator(tiny_teacher, cfg, *helper_nets[:2], torch.device("cpu"))
     ours = validator(subnet(result.student, smallest))
-    assert ours["lpips"] == pytest.approx(result.metrics["lpips_to_teacher_smallest_end"], abs=1e-6)
+    assert ours[LP] == pytest.approx(result.metrics[f"{LP}_to_teacher_smallest_end"], abs=1e-6)
 
 
 def test_multi_resolution_elastic_steps_with_a_conditioned_discriminator(
@@ -80,7 +86,7 @@ def test_multi_resolution_elastic_steps_with_a_conditioned_discriminator(
     assert sum("consistency_mse" in r for r in rows) >= 3  # sub-networks were sampled ...
     assert sum("consistency_mse" not in r for r in rows) >= 1  # ... and the full one
     assert all(math.isfinite(v) for r in rows for v in r.values())
-    assert result.metrics["lpips_to_teacher_smallest_end"] > 0
+    assert result.metrics[f"{LP}_to_teacher_smallest_end"] > 0
 
 
 def _stage_env(tmp_path: Path) -> dict[str, str]:
@@ -223,3 +229,20 @@ def test_snapshots_made_by_other_training_code_are_not_resumed(
     result = distill(distill_cfg(steps=2, checkpoint_every=2), tiny_teacher, "sha",
                      tmp_path / "snap", *helper_nets, progress=False)
     assert result.metrics["resumed_from_step"] == 0
+
+
+def test_the_snapshot_digest_covers_exactly_the_training_code():
+    """Editing an unrelated file (a metric the step does not use, another stage, the fetch
+    layer) must not discard a multi-day run's snapshots; editing the step's code must."""
+    from pipeline.code import ROOT
+    from pipeline.training import loop
+
+    code = {p.relative_to(ROOT).as_posix() for p in loop.training_code()}
+    for used in ("pipeline/training/loop.py", "pipeline/training/loss.py",
+                 "pipeline/models/mobile.py", "pipeline/models/sampling.py",
+                 "pipeline/metrics/perceptual.py", "pipeline/metrics/fixed_latents.py"):
+        assert used in code
+    for unrelated in ("pipeline/metrics/fid.py", "pipeline/stages/export.py", "pipeline/cost.py",
+                      "pipeline/fetch/http.py", "pipeline/params.py", "pipeline/export/graph.py"):
+        assert unrelated not in code
+

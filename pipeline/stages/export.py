@@ -1,4 +1,4 @@
-"""The export stage: every model (the full student, and one per searched budget) in every
+"""export: every model (the full student, and one per searched budget) in every
 format, each file checked against PyTorch, a card per model.
 
     student (EMA) + teacher (W+ layout, fixed noise, mapping) + search configs
@@ -26,19 +26,24 @@ from .. import cost
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..errors import PipelineError
+from ..export import card as cards
+from ..export.formats import FORMATS, RUNNERS, SUFFIX, Format, export, unavailable
+from ..export.graph import InputKind, build, reference
+from ..export.registry import register_onnx
 from ..io import atomic_dir, sha256_file
+from ..metrics.networks import lpips_network
 from ..metrics.perceptual import LPIPS
-from ..metrics.weights import resolve_weights
+from ..models.elastic import subnet
 from ..models.mobile import MobileSynthesis
 from ..models.stylegan2 import Generator
-from ..params import Export
-from . import card as cards
-from .formats import FORMATS, RUNNERS, SUFFIX, Format, export, unavailable
-from .graph import InputKind, build, reference
+from ..params import Export, Params
+from . import Context, StageResult, option, stand_ins
 
 log = logging.getLogger(__name__)
+NAME = "export"
+SHARED = ("metric_networks",)
 FULL = "full"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ExportError(PipelineError):
@@ -47,6 +52,16 @@ class ExportError(PipelineError):
 
 class ParityError(PipelineError):
     """An exported file does not reproduce PyTorch within the tolerances."""
+
+
+@dataclass
+class Paths:
+    student: str = option("artifacts/student/student.safetensors", "the distilled student")
+    teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
+    search: str = option("artifacts/search/configs.json",
+                         "searched configurations (absent: the full student only)")
+    evaluate: str = option("metrics/evaluate.json", "evaluate-stage figures for the cards (optional)")
+    out: str = option("export", "output folder, one subfolder per model")
 
 
 @dataclass
@@ -95,7 +110,7 @@ def model_specs(student: MobileSynthesis, configs_path: Path | None) -> list[Mod
                           f"{cfg.full_widths}")
     specs = [ModelSpec(FULL, student, {k: v for k, v in full.items() if k != "channels"})]
     for name, entry in budgets.items():
-        if not NAME.match(name) or name == FULL:
+        if not FOLDER_NAME.match(name) or name == FULL:
             raise ExportError(f"{configs_path}: budget name {name!r} cannot name a folder "
                               f"(letters, digits, _ . -; not {FULL!r})")
         specs.append(ModelSpec(name, sliced(student, entry, f"{configs_path}: budget {name!r}"),
@@ -105,10 +120,6 @@ def model_specs(student: MobileSynthesis, configs_path: Path | None) -> list[Mod
 
 def sliced(student: MobileSynthesis, entry: Any, where: str) -> MobileSynthesis:
     """The physically sliced sub-network of a search configuration entry."""
-    try:
-        from ..models.elastic import subnet
-    except ImportError as e:  # the elastic module is the search issue's
-        raise ExportError(f"{where}: sub-networks need pipeline.models.elastic ({e})") from None
     if not isinstance(entry, dict) or not isinstance(entry.get("channels"), list):
         raise ExportError(f"{where}: expected {{'channels': [ints], 'resolution': int, ...}}, "
                           f"got {entry!r}")
@@ -132,12 +143,6 @@ def parity_inputs(teacher: Generator, cfg: Export) -> dict[InputKind, torch.Tens
         w_mix = teacher.truncate(teacher.mapping(z_mix), cfg.truncation_psi)
         wplus = teacher.broadcast(w, w_mix, teacher.cfg.n_latent // 2)
     return {"z": z, "w": w, "wplus": wplus}
-
-
-def perceptual(cfg: Export, cache_dir: str | Path) -> LPIPS:
-    p = cfg.perceptual
-    return LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
-                 size=p.size, params_key="export.perceptual.backbone_weights").eval()
 
 
 # -- one model ---------------------------------------------------------------------------
@@ -212,8 +217,7 @@ def model_card(spec: ModelSpec, teacher: Generator, cfg: Export, records: list[d
                source: dict[str, str]) -> dict[str, Any]:
     scfg = spec.network.cfg
     widths = scfg.layer_widths
-    counted = cost.count("student", scfg.resolution, widths, style_dim=scfg.style_dim,
-                         n_mlp=teacher.cfg.n_mlp)
+    counted = cost.count_student(scfg, widths, n_mlp=teacher.cfg.n_mlp)
     counted = {k: v for k, v in counted.items() if isinstance(v, int)}
     r, d = scfg.resolution, scfg.style_dim
     shapes = {"wplus": ["batch", teacher.cfg.n_latent, d], "w": ["batch", d], "z": ["batch", d]}
@@ -224,10 +228,12 @@ def model_card(spec: ModelSpec, teacher: Generator, cfg: Export, records: list[d
                     f"{'' if spec.name == FULL else repr(spec.name)}: {r}x{r} RGB from "
                     f"{', '.join(cfg.inputs)}; {', '.join(sorted({a['format'] for a in records}))}."),
         "architecture": {
-            "family": "MobileStyleGAN student (Haar wavelet synthesis, DW-separable modulated convs)",
-            "head": scfg.head, "demodulation": f"{scfg.demodulation}"
-            + (" (folded into the pointwise weights)" if scfg.demodulation == "fused" else
-               " (per style, energy precomputed)"),
+            "family": "MobileStyleGAN student (Haar wavelet synthesis, DW-separable modulated "
+                      f"convs; {scfg.input_layer} 4x4 layer)",
+            "head": scfg.head, "input_layer": scfg.input_layer,
+            "demodulation": f"{scfg.demodulation}"
+            + (" (per style, energy precomputed)" if scfg.demodulation == "exact" else
+               " (a constant, folded into the weights)"),
             "auxiliary_heads": "removed (only the last head is in the graph)",
             "noise": "baked in: strength x the teacher's fixed noise maps",
             "style_dim": d, "channels": widths, "full_channels": scfg.full_widths,
@@ -273,29 +279,30 @@ def evaluate_figures(path: Path | None, name: str) -> dict[str, Any] | None:
     return None
 
 
-def summary(records: list[dict[str, Any]], primary: InputKind) -> dict[str, Any]:
+def summary(records: list[dict[str, Any]], primary: InputKind, lpips_name: str) -> dict[str, Any]:
     """metrics/export.json's entry of a model: the primary variant's fp32 figures per format
-    (``<format>_max_abs_err``, ``_lpips``, ``_bytes``), then every file's under ``variants``."""
+    (``<format>_max_abs_err``, ``_<lpips name>``, ``_bytes``), then every file's under
+    ``variants``."""
     out: dict[str, Any] = {}
     variants: dict[str, dict[str, float]] = {}
     for r in records:
         fmt, key = r["format"], r["input"] + ("_fp16" if r["precision"] == "fp16" else "")
         figures = {f"{fmt}_bytes": r["bytes"]}
         if "max_abs_err" in r:
-            figures.update({f"{fmt}_max_abs_err": r["max_abs_err"], f"{fmt}_lpips": r["lpips"]})
+            figures.update({f"{fmt}_max_abs_err": r["max_abs_err"], f"{fmt}_{lpips_name}": r["lpips"]})
         variants.setdefault(key, {}).update(figures)
         if key == primary:
             out.update(figures)
     return {**out, "variants": variants}
 
 
-def run_export(cfg: Export, student_path: str | Path, teacher_path: str | Path,
-               configs_path: str | Path | None, evaluate_path: str | Path | None,
-               out_dir: str | Path, cache_dir: str | Path) -> dict[str, Any]:
-    """Export every model into ``out_dir`` (swapped in only when all checks pass); returns
-    the metrics (see :func:`summary`)."""
-    student_path, teacher_path, out_dir = Path(student_path), Path(teacher_path), Path(out_dir)
-    configs_path = Path(configs_path) if configs_path else None
+def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
+    """Export every model into ``paths.out`` (swapped in only when all checks pass) and
+    register the full student's primary ONNX file."""
+    cfg = params.export
+    student_path, teacher_path, out_dir = Path(paths.student), Path(paths.teacher), Path(paths.out)
+    configs_path = Path(paths.search) if paths.search else None
+    evaluate_path = Path(paths.evaluate) if paths.evaluate else None
     student, teacher = load_inputs(cfg, student_path, teacher_path)
     specs = model_specs(student, configs_path)
     skipped = {fmt: why for fmt in cfg.formats if (why := unavailable(fmt))}
@@ -305,24 +312,24 @@ def run_export(cfg: Export, student_path: str | Path, teacher_path: str | Path,
     if not formats:
         raise ExportError(f"none of the export formats {cfg.formats} can be produced here: "
                           + "; ".join(skipped.values()))
-    lpips = perceptual(cfg, cache_dir)
+    lpips = lpips_network(params.metric_networks, cfg.lpips, ctx.cache_dir)
     inputs = parity_inputs(teacher, cfg)
     source = {"student": str(student_path), "student_sha256": sha256_file(student_path),
               "teacher": str(teacher_path), "teacher_sha256": sha256_file(teacher_path)}
     if configs_path is not None and configs_path.is_file():
         source.update(search_configs=str(configs_path), search_configs_sha256=sha256_file(configs_path))
-    suffix = "_randinit" if lpips.stand_in else ""
     models: dict[str, Any] = {}
     with atomic_dir(out_dir) as tmp:
         for spec in specs:
             records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs)
-            evaluate = evaluate_figures(Path(evaluate_path) if evaluate_path else None, spec.name)
+            evaluate = evaluate_figures(evaluate_path, spec.name)
             card = model_card(spec, teacher, cfg, records, skipped, evaluate, lpips, source)
             cards.write_card(tmp / spec.name, card)
-            entry = summary(records, cfg.inputs[0])
-            if suffix:  # LPIPS on a stand-in network says so, as in distill
-                entry.update({k.replace("_lpips", f"_lpips{suffix}"): v for k, v in entry.items()
-                              if k.endswith("_lpips")})
-            models[spec.name] = {**entry, "params": card["cost"]["params"],
-                                 "macs": card["cost"]["macs"], "resolution": card["resolution"]}
-    return {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
+            models[spec.name] = {**summary(records, cfg.inputs[0], lpips.name),
+                                 "params": card["cost"]["params"], "macs": card["cost"]["macs"],
+                                 "resolution": card["resolution"]}
+    metrics = {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
+    tags = {"lpips_network": lpips.name}
+    if cfg.registry.enabled and (version := register_onnx(out_dir / FULL, cfg)) is not None:
+        tags["registered_model"] = f"{cfg.registry.name}/{version}"
+    return StageResult(metrics, {out_dir: NAME}, tags, stand_ins(lpips))

@@ -1,10 +1,11 @@
-"""The evaluate stage: the teacher, the full student and every searched configuration
+"""evaluate: the teacher, the full student and every searched configuration
 (with its uniform-ratio baseline), side by side on the same latents and noise.
 
     teacher + student + search configs
       -> models (sub-networks physically sliced, demodulation folded)
-      -> N fixed latents: each model's images -> Inception features, LPIPS and pixel
-         distance to the teacher (at the model's output resolution)
+      -> N fixed latents (pipeline.metrics.fixed_latents, as distill and search): each
+         model's images at full size -> Inception features, LPIPS, pixel L1 and MSE to
+         the teacher
       -> FID/KID against the reference statistics (teacher samples from other latents,
          a real-image folder, or a pytorch-fid .npz; cached)
       -> params/MACs (pipeline.cost), latency in PyTorch / ONNX Runtime / ExecuTorch
@@ -31,25 +32,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import cost
-from .checkpoints import load_teacher
-from .checkpoints.project import load_student
-from .data import RealImages
-from .errors import PipelineError
-from .images import save_grid
-from .io import atomic_dir, atomic_path, sha256_file, write_json
-from .metrics.distances import feature_stats, frechet_distance, kid
-from .metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
-from .metrics.inception import InceptionFeatures
-from .metrics.perceptual import LPIPS
-from .metrics.weights import resolve_weights
-from .models.elastic import subnet
-from .models.mobile import MobileSynthesis, fold_demodulation
-from .models.stylegan2 import Generator
-from .params import Evaluate
-from .training.loss import teacher_targets, upsample
+from .. import cost
+from ..checkpoints import load_teacher
+from ..checkpoints.project import load_student
+from ..data import RealImages
+from ..errors import PipelineError
+from ..images import save_grid
+from ..io import atomic_dir, atomic_path, sha256_file, write_json
+from ..metrics import stand_in_name
+from ..metrics.distances import feature_stats, frechet_distance, kid
+from ..metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
+from ..metrics.fixed_latents import FixedLatents, Means, distances
+from ..metrics.inception import InceptionFeatures
+from ..metrics.networks import inception_network, lpips_network
+from ..metrics.perceptual import LPIPS
+from ..models.elastic import subnet
+from ..models.mobile import MobileSynthesis, fold_demodulation
+from ..models.sampling import teacher_targets
+from ..models.stylegan2 import Generator
+from ..params import Evaluate, Params
+from . import Context, StageResult, option, stand_ins
 
 log = logging.getLogger(__name__)
+NAME = "evaluate"
+SHARED = ("metric_networks",)
 MOBILESTYLEGAN_MAC_RATIO = 9.5  # the paper's teacher/student MAC ratio at 1024
 
 
@@ -76,8 +82,7 @@ def build_models(teacher: Generator, student: MobileSynthesis, configs: dict | N
 
     def student_model(name: str, kind: str, widths, res, budget=None) -> Model:
         net = fold_demodulation(subnet(student, widths, res)).eval()
-        c = cost.count("student", r, widths or student.cfg.full_widths, output_resolution=res,
-                       style_dim=d)
+        c = cost.count_student(student.cfg, widths or student.cfg.full_widths, res)
         return Model(name, kind, net, net, res or r, c, budget)
 
     models = [
@@ -102,38 +107,39 @@ def build_models(teacher: Generator, student: MobileSynthesis, configs: dict | N
 
 
 @dataclass
+class Paths:
+    teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
+    student: str = option("artifacts/student/student.safetensors", "the distilled student")
+    search: str = option("artifacts/search/configs.json", "searched configurations (optional)")
+    out: str = option("artifacts/evaluate", "report folder")
+    plots: str = option("plots/evaluate", "plot CSV folder")
+
+
+@dataclass
 class Samples:
-    """Per model: Inception features and mean distances to the teacher on the same latents."""
+    """Per model: Inception features, mean distances to the teacher on the same latents,
+    and the first images for the grid."""
 
     features: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    means: dict[str, Means] = field(default_factory=dict)
     grid: dict[str, torch.Tensor] = field(default_factory=dict)
-    n: int = 0
 
 
 @torch.no_grad()
-def sample_models(models: list[Model], teacher: Generator, cfg: Evaluate, features: InceptionFeatures,
-                  lpips: LPIPS, device: torch.device, progress: bool = True) -> Samples:
+def sample_models(models: list[Model], latents: FixedLatents, features: InceptionFeatures,
+                  lpips: LPIPS, grid_samples: int, progress: bool = True) -> Samples:
+    """Every model on every chunk of ``latents`` (the teacher runs once per chunk)."""
     out = Samples()
-    g = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(total=cfg.num_samples, desc="evaluate", unit="img", disable=not progress,
+    bar = tqdm(total=len(latents), desc="evaluate", unit="img", disable=not progress,
                dynamic_ncols=True)
-    while out.n < cfg.num_samples:
-        n = min(cfg.batch_size, cfg.num_samples - out.n)
-        t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
+    for t in latents:
         for m in models:
-            image = t.image if m.kind == "teacher" else m.net(t.wplus, t.noise)
-            image = upsample(image, t.image.shape[-1])  # shown at full size, as search scores it
-            ref = t.image
-            out.features.setdefault(m.name, []).append(features(image.float()).double().cpu().numpy())
-            s = out.sums.setdefault(m.name, {"lpips": 0.0, "pixel_l1": 0.0, "mse": 0.0})
-            s["lpips"] += lpips(image, ref).sum().item()
-            s["pixel_l1"] += (image - ref).abs().mean((1, 2, 3)).sum().item()
-            s["mse"] += (image - ref).pow(2).mean((1, 2, 3)).sum().item()
+            image = latents.full_size(t.image if m.kind == "teacher" else m.net(t.wplus, t.noise))
+            out.features.setdefault(m.name, []).append(features(image).double().cpu().numpy())
+            out.means.setdefault(m.name, Means()).add(distances(image, t.image, lpips))
             if m.name not in out.grid:
-                out.grid[m.name] = image[: cfg.grid_samples].float().cpu()  # already full size
-        out.n += n
-        bar.update(n)
+                out.grid[m.name] = image[:grid_samples].cpu()
+        bar.update(len(t.image))
     bar.close()
     return out
 
@@ -185,35 +191,22 @@ def reference_stats(cfg: Evaluate, teacher: Generator, teacher_sha256: str,
     return cached_stats(cache_dir, parts, f"{len(files)} images in {ref.path}", compute_folder)
 
 
-def quality(feats: np.ndarray, ref: ReferenceStats, cfg: Evaluate) -> dict[str, float]:
+def quality(feats: np.ndarray, ref: ReferenceStats, cfg: Evaluate, stand_in: bool) -> dict[str, float]:
+    """FID (and KID when the reference keeps its features), named by the Inception weights."""
     mu, sigma = feature_stats(feats)
-    out = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    out = {stand_in_name("fid", stand_in): frechet_distance(mu, sigma, ref.mu, ref.sigma)}
     if ref.features is not None:
         m = min(cfg.kid_subset_size, len(feats), len(ref.features))
-        out["kid"], out["kid_std"] = kid(feats, ref.features, cfg.kid_subsets, m, seed=cfg.seed)
+        mean, std = kid(feats, ref.features, cfg.kid_subsets, m, seed=cfg.seed)
+        out.update({stand_in_name("kid", stand_in): mean, stand_in_name("kid_std", stand_in): std})
     return out
 
 
-def named(metrics: dict[str, float], fid_stand_in: bool, lpips_stand_in: bool) -> dict[str, float]:
-    """fid/kid on a stand-in Inception and lpips on a stand-in backbone say so."""
-    out = {}
-    for k, v in metrics.items():
-        if fid_stand_in and k.split("_")[0] in ("fid", "kid"):
-            k = k.replace(k.split("_")[0], f"{k.split('_')[0]}_randinit", 1)
-        elif lpips_stand_in and k == "lpips":
-            k = "lpips_randinit"
-        out[k] = v
-    return out
-
-
-def evaluate_models(cfg: Evaluate, teacher: Generator, student: MobileSynthesis, configs: dict | None,
-                    teacher_sha256: str, cache_dir: str | Path, device: torch.device,
+def evaluate_models(cfg: Evaluate, teacher: Generator, student: MobileSynthesis,
+                    configs: dict | None, teacher_sha256: str, lpips: LPIPS,
+                    features: InceptionFeatures, cache_dir: str | Path, device: torch.device,
                     progress: bool = True) -> tuple[list[Model], dict[str, Any], Samples]:
     """Quality and cost of every model; returns (models, per-model figures, samples)."""
-    f, p = cfg.features, cfg.perceptual
-    features = InceptionFeatures(resolve_weights(f.weights, cache_dir), stand_in=f.stand_in).to(device)
-    lpips = LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
-                  size=p.size).to(device)
     deficient = check_sample_count(cfg.num_samples, cfg.low_sample_fid, "evaluated models",
                                    "evaluate.num_samples")
     teacher, student = teacher.to(device).eval(), student.to(device).eval()
@@ -223,22 +216,23 @@ def evaluate_models(cfg: Evaluate, teacher: Generator, student: MobileSynthesis,
     if ref.n is not None:
         deficient |= check_sample_count(ref.n, cfg.low_sample_fid, f"reference ({ref.source})",
                                         "evaluate.reference.num_samples")
-    samples = sample_models(models, teacher, cfg, features, lpips, device, progress)
+    latents = FixedLatents(teacher, cfg.num_samples, cfg.batch_size, cfg.truncation_psi, cfg.seed,
+                           device, keep=False)
+    samples = sample_models(models, latents, features, lpips, cfg.grid_samples, progress)
     figures: dict[str, Any] = {}
     for m in models:
         feats = np.concatenate(samples.features[m.name])
-        dist = {k: v / samples.n for k, v in samples.sums[m.name].items()}
         figures[m.name] = {
-            **named({**quality(feats, ref, cfg), **dist}, features.stand_in, lpips.stand_in),
+            **quality(feats, ref, cfg, features.stand_in), **samples.means[m.name].result(),
             "params": m.cost["params"], "macs": m.cost["macs"], "macs_anycost": m.cost["macs_anycost"],
             "resolution": m.resolution,
         }
-    figures["_meta"] = {"samples": samples.n, "reference_samples": ref.n or 0,
+    figures["_meta"] = {"samples": len(latents), "reference_samples": ref.n or 0,
                         "reference_cached": int(cached), "fid_rank_deficient": int(deficient),
                         "stand_in_features": int(features.stand_in),
                         "stand_in_lpips": int(lpips.stand_in),
-                        "reference": ref.source, "fid_name": "fid_randinit" if features.stand_in else "fid",
-                        "lpips_name": "lpips_randinit" if lpips.stand_in else "lpips"}
+                        "reference": ref.source, "fid_name": stand_in_name("fid", features.stand_in),
+                        "lpips_name": lpips.name}
     return models, figures, samples
 
 
@@ -390,46 +384,47 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
     return "\n".join(lines)
 
 
-def run_evaluate(cfg: Evaluate, teacher_path: str | Path, student_path: str | Path,
-                 configs_path: str | Path | None, out_dir: str | Path, plots_dir: str | Path,
-                 cache_dir: str | Path, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stage; returns (metrics/evaluate.json content, MLflow tags)."""
-    loaded = load_teacher(teacher_path)
-    teacher = loaded.generator
-    student, header = load_student(student_path)
+def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
+    """Every model side by side; the report, grid, Pareto plot and plot CSVs."""
+    cfg = params.evaluate
+    teacher = load_teacher(paths.teacher).generator
+    student, header = load_student(paths.student)
     if student.cfg.resolution != teacher.cfg.resolution:
         raise PipelineError(f"evaluate: student ({student.cfg.resolution}) and teacher "
                             f"({teacher.cfg.resolution}) resolutions differ")
     configs = None
-    if configs_path and Path(configs_path).is_file():
-        configs = json.loads(Path(configs_path).read_text())
+    if paths.search and Path(paths.search).is_file():
+        configs = json.loads(Path(paths.search).read_text())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lpips = lpips_network(params.metric_networks, cfg.lpips, ctx.cache_dir, device)
+    features = inception_network(params.metric_networks, ctx.cache_dir, device)
     models, figures, samples = evaluate_models(cfg, teacher, student, configs,
-                                               sha256_file(teacher_path), cache_dir, device, progress)
+                                               sha256_file(paths.teacher), lpips, features,
+                                               ctx.cache_dir, device, ctx.progress)
     latency = ratio = None
     if cfg.latency.enabled:
-        from .bench import evaluate_latency
+        from ..bench import evaluate_latency
 
-        latency, ratio = evaluate_latency(cfg.latency, models, teacher, Path(cache_dir) / "bench")
+        latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench")
     metrics = metrics_json(models, figures, latency, ratio)
-    meta_path = Path(teacher_path).parent / "metadata.json"  # written by fetch_teacher
+    meta_path = Path(paths.teacher).parent / "metadata.json"  # written by fetch_teacher
     stand_in_teacher = bool(meta_path.is_file()
                             and json.loads(meta_path.read_text()).get("random_weights"))
-    context = {"teacher": str(teacher_path), "student": str(student_path),
+    context = {"teacher": str(paths.teacher), "student": str(paths.student),
                "truncation_psi": cfg.truncation_psi, "stand_in_teacher": stand_in_teacher}
+    out_dir, plots_dir = Path(paths.out), Path(paths.plots)
     with atomic_dir(out_dir) as tmp:
         save_grid(grid_image(models, samples), tmp / "grid.png",
                   nrow=sum(m.kind != "uniform" for m in models))
         plot_pareto(models, figures, tmp / "pareto.png")
         (tmp / "report.md").write_text(report(models, figures, latency, ratio, context))
         write_json(tmp / "evaluate.json", metrics)
-    write_quality_csv(models, figures, Path(plots_dir) / "quality.csv")
+    write_quality_csv(models, figures, plots_dir / "quality.csv")
     if latency:
         _write_csv([dict(zip(["model", "runtime", "batch", "median_ms", "p90_ms", "gmacs_per_s",
                               "efficiency"], row, strict=True)) for row in latency["rows"]],
-                   Path(plots_dir) / "latency.csv")
-    meta = figures["_meta"]
-    tags = {"stand_in_weights": str(bool(meta["stand_in_features"] or meta["stand_in_lpips"])).lower(),
-            "fid_reference": meta["reference"], "student_ema": header.get("ema", "unknown"),
-            "stand_in_teacher": str(stand_in_teacher).lower()}
-    return metrics, tags
+                   plots_dir / "latency.csv")
+    tags = {"fid_reference": figures["_meta"]["reference"], "student_ema": header.get("ema", "unknown"),
+            "lpips_network": lpips.name, "feature_network": features.name}
+    return StageResult(metrics, {out_dir: NAME, plots_dir: NAME}, tags,
+                       ["teacher"] * stand_in_teacher + stand_ins(lpips, features))

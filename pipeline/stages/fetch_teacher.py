@@ -1,4 +1,4 @@
-"""The fetch_teacher stage: obtain a StyleGAN2 teacher, verify it, normalise it.
+"""fetch_teacher: obtain a StyleGAN2 teacher, verify it, normalise it.
 
 source -> (download into the content-addressed cache, sha256 check) -> load the
 format safely -> write the project format (safetensors + architecture JSON),
@@ -14,25 +14,26 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .checkpoints import load_teacher, save_teacher
-from .errors import CheckpointError
-from .fetch import evict, fetch, redact_uri
-from .images import save_grid, teacher_samples
-from .io import atomic_dir, sha256_file, write_json
-from .models.stylegan2 import Generator, StyleGAN2Config, random_generator
-from .params import FetchTeacher
+from .. import __version__
+from ..checkpoints import load_teacher, save_teacher
+from ..errors import CheckpointError
+from ..fetch import evict, fetch, redact_uri
+from ..images import save_grid, teacher_samples
+from ..io import atomic_dir, sha256_file, write_json
+from ..models.stylegan2 import Generator, StyleGAN2Config, random_generator
+from ..params import FetchTeacher, Params
+from . import Context, StageResult, option
 
+NAME = "fetch_teacher"
+SHARED: tuple[str, ...] = ()
 TEACHER_FILE = "teacher.safetensors"
 METADATA_FILE = "metadata.json"
 SAMPLES_FILE = "samples.png"
 
 
 @dataclass
-class TeacherResult:
-    generator: Generator
-    metadata: dict[str, Any]
-    metrics: dict[str, float | int]
+class Paths:
+    out: str = option("artifacts/teacher", "output folder")
 
 
 def parameter_counts(generator: Generator) -> dict[str, int]:
@@ -69,13 +70,12 @@ def obtain_teacher(cfg: FetchTeacher, cache_dir: str | Path, progress: bool = Tr
     }
 
 
-def fetch_teacher(
-    cfg: FetchTeacher, out_dir: str | Path, cache_dir: str | Path, progress: bool = True
-) -> TeacherResult:
-    """Run the stage: write ``teacher.safetensors``, ``metadata.json`` and ``samples.png``
-    into ``out_dir`` (replaced atomically; nothing is written if any step fails)."""
+def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
+    """Write ``teacher.safetensors``, ``metadata.json`` and ``samples.png`` into
+    ``paths.out`` (replaced atomically; nothing is written if any step fails)."""
+    cfg, out_dir = params.fetch_teacher, Path(paths.out)
     start = time.perf_counter()
-    generator, provenance = obtain_teacher(cfg, cache_dir, progress)
+    generator, provenance = obtain_teacher(cfg, ctx.cache_dir, ctx.progress)
     fetch_seconds = time.perf_counter() - start
     counts = parameter_counts(generator)
     arch = generator.cfg
@@ -111,4 +111,9 @@ def fetch_teacher(
         "fetch_seconds": round(fetch_seconds, 3),
         "sample_std": round(float(images.std()), 6),
     }
-    return TeacherResult(generator, metadata, metrics)
+    tags = {"teacher.source": redact_uri(str(provenance["source"])),
+            "teacher.format": str(provenance["format"]),
+            "teacher.sha256": provenance.get("source_sha256") or "none",
+            "teacher.resolution": str(arch.resolution)}
+    return StageResult(metrics, {out_dir / METADATA_FILE: "teacher", out_dir / SAMPLES_FILE: "teacher"},
+                       tags, ["teacher"] if provenance["random_weights"] else [])

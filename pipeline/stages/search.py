@@ -1,4 +1,4 @@
-"""The search stage: Anycost GAN's evolutionary search of sub-network configurations
+"""search: Anycost GAN's evolutionary search of sub-network configurations
 (per-layer widths and output resolution) of the distilled student under MAC budgets.
 
     budgets (params) -> MACs, checked against the smallest and the full network
@@ -7,11 +7,11 @@
                    within budget are ever created -> best configuration
     -> artifacts/search/configs.json, pareto.png, metrics/search.json, plots/search/*.csv
 
-Fitness of a candidate: LPIPS (or MSE) between the sub-network's images and the
-reference's (the full student: Anycost's consistency; or the teacher) on fixed
-latents and noise, at the full resolution: a lower-resolution output is bilinearly
-up-sampled, as it would be shown, so the detail it lacks counts against it. Both
-distances to both references are recorded. MACs are pipeline.cost's physical count
+Fitness of a candidate: LPIPS (``search.lpips`` backbone, named ``lpips_<net>``) or
+MSE between the sub-network's images and the reference's (the full student: Anycost's
+consistency; or the teacher) on fixed latents and noise, through the same path as
+distill's validation and evaluate (pipeline.metrics.fixed_latents: a lower-resolution
+output is up-sampled to full size). Distances to both references are recorded. MACs are pipeline.cost's physical count
 of the folded inference network.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,19 +28,22 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .checkpoints import load_teacher
-from .checkpoints.project import load_student
-from .cost import count
-from .errors import ParamsError, PipelineError
-from .io import atomic_dir, atomic_path, sha256_file, write_json
-from .metrics.perceptual import LPIPS
-from .metrics.weights import resolve_weights
-from .models.elastic import output_resolutions, quantize, subnet, uniform_widths
-from .models.mobile import MobileSynthesis, StudentConfig
-from .params import Evolution, Search, parse_macs
-from .training.loss import teacher_targets, upsample
+from ..checkpoints import load_teacher
+from ..checkpoints.project import load_student
+from ..cost import count_student
+from ..errors import ParamsError, PipelineError
+from ..io import atomic_dir, atomic_path, sha256_file, write_json
+from ..metrics.fixed_latents import FixedLatents, mean_distances
+from ..metrics.networks import lpips_network
+from ..metrics.perceptual import LPIPS
+from ..models.elastic import output_resolutions, quantize, subnet, uniform_widths
+from ..models.mobile import MobileSynthesis, StudentConfig
+from ..params import Evolution, Params, Search, parse_macs
+from . import Context, StageResult, option, stand_ins
 
 log = logging.getLogger(__name__)
+NAME = "search"
+SHARED = ("metric_networks",)
 CONFIGS_FILE = "configs.json"
 UNIFORM_STEPS = 64  # the uniform baseline tries ratios k/64
 
@@ -59,7 +61,7 @@ class Scored:
     candidate: Candidate
     macs: int
     params: int
-    distances: dict[str, float]  # lpips, mse (to the full student), lpips_teacher, mse_teacher
+    distances: dict[str, float]  # lpips_<net>, mse, pixel_l1 (to the full student), *_teacher
 
     def row(self) -> dict[str, Any]:
         return {"channels": list(self.candidate.widths), "resolution": self.candidate.resolution,
@@ -80,8 +82,7 @@ class Space:
 
     def cost(self, c: Candidate) -> tuple[int, int]:
         """(MACs, params) of the folded inference sub-network."""
-        n = count("student", self.cfg.resolution, list(c.widths), output_resolution=c.resolution,
-                  style_dim=self.cfg.style_dim)
+        n = count_student(self.cfg, list(c.widths), c.resolution)
         return n["macs"], n["params"]
 
     @property
@@ -111,9 +112,18 @@ class Space:
         return Candidate(tuple(widths), resolution)
 
 
-def key_of(cfg: Search) -> str:
-    """The fitness: a distance name of Evaluator (``lpips``, ``mse_teacher``, ...)."""
-    return cfg.fitness if cfg.reference == "student" else f"{cfg.fitness}_teacher"
+@dataclass
+class Paths:
+    student: str = option("artifacts/student/student.safetensors", "the distilled student")
+    teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
+    out: str = option("artifacts/search", "output folder")
+    plots: str = option("plots/search", "Pareto CSV folder")
+
+
+def key_of(cfg: Search, lpips: LPIPS) -> str:
+    """The fitness: a distance name of Evaluator (``lpips_alex``, ``mse_teacher``, ...)."""
+    metric = lpips.name if cfg.fitness == "lpips" else "mse"
+    return metric if cfg.reference == "student" else f"{metric}_teacher"
 
 
 class Evaluator:
@@ -122,29 +132,17 @@ class Evaluator:
 
     def __init__(self, student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
                  device: torch.device) -> None:
-        self.student, self.lpips, self.device = student.to(device).eval(), lpips, device
-        g = torch.Generator().manual_seed(cfg.seed)
-        self.batches = []
-        with torch.no_grad():
-            for start in range(0, cfg.num_samples, cfg.batch_size):
-                n = min(cfg.batch_size, cfg.num_samples - start)
-                t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
-                self.batches.append((t.wplus, t.noise, t.image, self.student(t.wplus, t.noise)))
+        self.student, self.lpips = student.to(device).eval(), lpips
+        self.latents = FixedLatents(teacher, cfg.num_samples, cfg.batch_size,
+                                    cfg.truncation_psi, cfg.seed, device)
+        self.full = [image for _, image in self.latents.outputs(self.student)]
         self.cache: dict[Candidate, dict[str, float]] = {}
 
-    @torch.no_grad()
     def __call__(self, c: Candidate) -> dict[str, float]:
         if c not in self.cache:
             sub = subnet(self.student, list(c.widths), c.resolution)
-            sums = {"lpips": 0.0, "mse": 0.0, "lpips_teacher": 0.0, "mse_teacher": 0.0}
-            n = 0
-            for wplus, noise, teacher_image, full_image in self.batches:
-                image = upsample(sub(wplus, noise), full_image.shape[-1])
-                for suffix, ref in (("", full_image), ("_teacher", teacher_image)):
-                    sums[f"lpips{suffix}"] += self.lpips(image, ref).sum().item()
-                    sums[f"mse{suffix}"] += (image - ref).pow(2).mean((1, 2, 3)).sum().item()
-                n += len(image)
-            self.cache[c] = {k: v / n for k, v in sums.items()}
+            self.cache[c] = mean_distances(sub, self.latents, self.lpips,
+                                           {"": self.full, "_teacher": None})
         return self.cache[c]
 
 
@@ -231,7 +229,7 @@ def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget:
 def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cfg: Search,
                   progress: bool = True,
                   on_generation: Callable[[int, Scored], None] | None = None) -> BudgetResult:
-    key = key_of(cfg)
+    key = key_of(cfg, evaluator.lpips)
     scored: dict[Candidate, Scored] = {}
 
     def score(c: Candidate) -> Scored:
@@ -267,9 +265,6 @@ def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
                on_generation: Callable[[str, int, Scored], None] | None = None,
                ) -> tuple[Space, Scored, list[BudgetResult]]:
     """Every budget of ``cfg``; budgets are checked before any search starts."""
-    if student.cfg.head != "wavelet":
-        raise PipelineError("search: MAC accounting (pipeline.cost) covers wavelet-head "
-                            f"students; this one has head={student.cfg.head!r}")
     space = Space(student.cfg, cfg.ratios, cfg.min_resolution)
     budgets = resolve_budgets(cfg.budgets, space)
     evaluator = Evaluator(student, teacher, lpips, cfg, device)
@@ -284,16 +279,14 @@ def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
 
 # -- outputs -------------------------------------------------------------------------
 def budget_metrics(r: BudgetResult, key: str) -> dict[str, Any]:
-    """metrics/search.json's entry for one budget (the contract's keys first)."""
+    """metrics/search.json's entry for one budget: the searched configuration's cost and
+    distances, the uniform baseline's under ``uniform_``, and the fitness gain."""
     b, u = r.best, r.uniform
     gain = u.distances[key] - b.distances[key]
     return {
-        "budget_macs": r.budget_macs, "macs": b.macs, "lpips": b.distances["lpips"],
-        "uniform_macs": u.macs, "uniform_lpips": u.distances["lpips"],
-        "mse": b.distances["mse"], "uniform_mse": u.distances["mse"],
-        "lpips_teacher": b.distances["lpips_teacher"],
-        "uniform_lpips_teacher": u.distances["lpips_teacher"],
-        "params": b.params, "resolution": b.candidate.resolution,
+        "budget_macs": r.budget_macs, "macs": b.macs, "params": b.params,
+        "resolution": b.candidate.resolution, **b.distances,
+        "uniform_macs": u.macs, **{f"uniform_{k}": v for k, v in u.distances.items()},
         "fitness_gain": gain,
         "fitness_gain_relative": gain / u.distances[key] if u.distances[key] else 0.0,
         "trivial": int(r.trivial),
@@ -301,14 +294,14 @@ def budget_metrics(r: BudgetResult, key: str) -> dict[str, Any]:
 
 
 def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: Search,
-                  out_dir: Path, plots_dir: Path, student_sha256: str,
-                  stand_in_lpips: bool) -> dict[str, Any]:
-    key = key_of(cfg)
+                  lpips: LPIPS, out_dir: Path, plots_dir: Path,
+                  student_sha256: str) -> dict[str, Any]:
+    key = key_of(cfg, lpips)
     configs = {
         "resolution": space.cfg.resolution,
         "student_sha256": student_sha256,
         "fitness": {"metric": cfg.fitness, "reference": cfg.reference, "key": key,
-                    "lpips_network": "stand-in (random init)" if stand_in_lpips else "pretrained"},
+                    "lpips_network": lpips.name},
         "full": full.row(),
         "budgets": {r.name: {**r.best.row(), "budget_macs": r.budget_macs, "trivial": r.trivial,
                              "uniform": {**r.uniform.row(), "ratio": r.uniform_ratio},
@@ -317,23 +310,24 @@ def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: 
     }
     metrics = {"budgets": {r.name: budget_metrics(r, key) for r in results},
                "full": {"macs": full.macs, "params": full.params,
-                        "lpips_teacher": full.distances["lpips_teacher"]},
-               "stand_in_lpips": int(stand_in_lpips)}
+                        **{k: v for k, v in full.distances.items() if k.endswith("_teacher")}},
+               "stand_in_lpips": int(lpips.stand_in)}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / CONFIGS_FILE, configs)
         plot_pareto(space, full, results, key, tmp / "pareto.png")
-    write_pareto_csv(results, plots_dir / "pareto.csv")
+    write_pareto_csv(results, lpips.name, plots_dir / "pareto.csv")
     return metrics
 
 
-def write_pareto_csv(results: list[BudgetResult], path: Path) -> None:
-    """What `dvc plots` draws: MACs vs LPIPS of every searched and uniform configuration."""
+def write_pareto_csv(results: list[BudgetResult], lpips_name: str, path: Path) -> None:
+    """What `dvc plots` draws: MACs vs LPIPS of every searched and uniform configuration
+    (column ``lpips``, whatever backbone: dvc.yaml names the columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
         for kind, s in (("searched", r.best), ("uniform", r.uniform)):
             rows.append({"budget": r.name, "kind": kind, "gmacs": s.macs / 1e9,
-                         "lpips": s.distances["lpips"], "mse": s.distances["mse"]})
+                         "lpips": s.distances[lpips_name], "mse": s.distances["mse"]})
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -372,46 +366,31 @@ def plot_pareto(space: Space, full: Scored, results: list[BudgetResult], key: st
     plt.close(fig)
 
 
-def run_search(cfg: Search, student_path: str | Path, teacher_path: str | Path,
-               out_dir: str | Path, plots_dir: str | Path, cache_dir: str | Path,
-               tracker=None, progress: bool = True) -> dict[str, Any]:
-    """The stage: load, search every budget, write outputs; returns metrics/search.json."""
-    student, _ = load_student(student_path)
-    teacher = load_teacher(teacher_path).generator
+def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
+    """Load, search every budget, write the outputs."""
+    cfg = params.search
+    student, _ = load_student(paths.student)
+    teacher = load_teacher(paths.teacher).generator
     if teacher.cfg.resolution != student.cfg.resolution:
         raise PipelineError(f"search: student ({student.cfg.resolution}) and teacher "
                             f"({teacher.cfg.resolution}) resolutions differ")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    p = cfg.perceptual
-    lpips = LPIPS(p.net, resolve_weights(p.backbone_weights, cache_dir), stand_in=p.stand_in,
-                  size=p.size).to(device)
+    lpips = lpips_network(params.metric_networks, cfg.lpips, ctx.cache_dir, device)
     teacher = teacher.to(device).eval()
+    key = key_of(cfg, lpips)
 
     def on_generation(name: str, gen: int, best: Scored) -> None:
-        if tracker:
-            tracker.log_metrics({f"best_fitness/{name}": best.distances[key_of(cfg)],
-                                 f"best_gmacs/{name}": best.macs / 1e9}, step=gen)
+        if ctx.tracker:
+            ctx.tracker.log_metrics({f"best_fitness/{name}": best.distances[key],
+                                     f"best_gmacs/{name}": best.macs / 1e9}, step=gen)
 
-    space, full, results = search_all(student, teacher, lpips, cfg, device, progress,
+    space, full, results = search_all(student, teacher, lpips, cfg, device, ctx.progress,
                                       on_generation)
-    metrics = write_outputs(space, full, results, cfg, Path(out_dir), Path(plots_dir),
-                            sha256_file(student_path), lpips.stand_in)
+    metrics = write_outputs(space, full, results, cfg, lpips, Path(paths.out), Path(paths.plots),
+                            sha256_file(paths.student))
     for r in results:
         log.info("budget %s: %.3f GMAC (budget %.3f), %s %.4f vs uniform %.4f at %.3f GMAC",
-                 r.name, r.best.macs / 1e9, r.budget_macs / 1e9, key_of(cfg),
-                 r.best.distances[key_of(cfg)], r.uniform.distances[key_of(cfg)],
-                 r.uniform.macs / 1e9)
-    return metrics
-
-
-def flat_metrics(metrics: dict[str, Any], stand_in: bool) -> dict[str, float]:
-    """MLflow names: budget/<name>/<metric>; LPIPS figures on a stand-in say _randinit."""
-    out = {}
-    for name, m in metrics["budgets"].items():
-        for k, v in m.items():
-            if stand_in and "lpips" in k:
-                k = k.replace("lpips", "lpips_randinit")
-            if isinstance(v, int | float) and math.isfinite(v):
-                out[f"budget/{name}/{k}"] = float(v)
-    out.update({f"full/{k}": float(v) for k, v in metrics["full"].items()})
-    return out
+                 r.name, r.best.macs / 1e9, r.budget_macs / 1e9, key, r.best.distances[key],
+                 r.uniform.distances[key], r.uniform.macs / 1e9)
+    return StageResult(metrics, {paths.out: NAME, paths.plots: NAME},
+                       {"lpips_network": lpips.name}, stand_ins(lpips))

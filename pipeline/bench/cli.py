@@ -1,0 +1,141 @@
+"""``python -m pipeline.bench``: the benchmark table (and JSON) for checkpoints or config-f
+pairs. Bad arguments exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import PipelineError
+from ..models.stylegan2 import Generator
+from .runtimes import RUNTIMES, check_runtimes
+from .suite import bench, ratios, table
+from .targets import RANDOM_WEIGHTS, config_f_pair
+from .timing import BenchError
+
+
+def _jsonable(x: Any) -> Any:  # JSON has no inf / nan: null
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch must be an integer or a comma list, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--batch must be positive, got {text!r}")
+    return sorted({1, *values}) if len(values) == 1 else sorted(set(values))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _load_models(args: argparse.Namespace) -> tuple[dict[str, Any], Generator | None]:
+    from ..checkpoints import load_teacher
+    from ..checkpoints.project import load_student
+
+    for flag in ("student", "teacher"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise BenchError(f"--{flag}: no such file: {path}")
+    models: dict[str, Any] = {}
+    teacher = student = None
+    if args.config_f is not None:
+        r = args.config_f
+        if r < 8 or r > 4096 or r & (r - 1):
+            raise BenchError(f"--config-f: resolution must be a power of two in [8, 4096], got {r}")
+        teacher, student = config_f_pair(r, args.channel_multiplier, args.seed,
+                                         channel_max=args.channel_max)
+    if args.teacher is not None:
+        teacher = load_teacher(args.teacher).generator
+    if args.student is not None:
+        student = load_student(args.student)[0]
+    if teacher is None and student is None:
+        raise BenchError("nothing to benchmark: give --student and/or --teacher, or --config-f RES")
+    if teacher is not None:
+        models["teacher"] = teacher
+    if student is not None:
+        if teacher is not None and (student.cfg.style_dim != teacher.cfg.style_dim
+                                    or student.cfg.resolution > teacher.cfg.resolution):
+            raise BenchError(f"the student ({student.cfg.resolution}px, style_dim {student.cfg.style_dim})"
+                             f" does not fit the teacher ({teacher.cfg.resolution}px, "
+                             f"style_dim {teacher.cfg.style_dim})")
+        models["student"] = student
+    return models, teacher
+
+
+def main(argv: list[str] | None = None) -> int:
+    description = sys.modules[__package__].__doc__  # the package's: what is timed, and how
+    parser = _Parser(prog="python -m pipeline.bench", description=description,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("models (a teacher and a student also give their latency ratio)")
+    src.add_argument("--student", help="student checkpoint (project safetensors, distill's output)")
+    src.add_argument("--teacher", help="teacher checkpoint (any format fetch_teacher reads)")
+    src.add_argument("--config-f", type=_positive, metavar="RES",
+                     help="a config-f teacher at RES with random weights and its default full "
+                          "student (speed only); --teacher/--student replace either")
+    src.add_argument("--channel-multiplier", type=_positive, default=2, help="for --config-f (2)")
+    src.add_argument("--channel-max", type=_positive, default=512,
+                     help="for --config-f: channel cap (512, config-f's; smaller for quick tries)")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help=f"comma list of {', '.join(RUNTIMES)} (all)")
+    parser.add_argument("--batch", type=_batches, default=[1],
+                        help="B: batch sizes 1 and B (or a comma list); default 1")
+    parser.add_argument("--threads", type=_positive, help="threads for every runtime (default: "
+                        "torch's count, the usable cores)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
+    parser.add_argument("--repeats", type=_positive, default=5, help="timed runs (5)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch and ORT's CUDA EP)")
+    parser.add_argument("--workdir", help="keep exported files here (default: a temporary folder)")
+    parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="random weights and inputs")
+    args = parser.parse_args(argv)
+    try:
+        runtimes = check_runtimes(args.runtimes)
+        if args.warmup < 0:
+            raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
+        if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+            raise BenchError(f"--device {args.device!r}: use cpu, or cuda on a machine with CUDA")
+        models, teacher = _load_models(args)
+        result = bench(models, runtimes, args.batch, args.warmup, args.repeats, args.threads,
+                       args.workdir, device=args.device, teacher=teacher, seed=args.seed)
+    except PipelineError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    ratio = None
+    if {"teacher", "student"} <= set(models):
+        ratio = ratios(result)
+        if args.config_f is not None and args.teacher is None:
+            ratio["weights"] = RANDOM_WEIGHTS
+        result["ratio"] = ratio
+    print(table(result, ratio))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    return 0

@@ -1,0 +1,246 @@
+"""The benchmark: :func:`bench` times every model in every runtime at every batch size in
+one process; :func:`ratios` and :func:`latency_ratio_1024` give the teacher/student
+latency ratio; :func:`evaluate_latency` is the evaluate stage's entry point; :func:`table`
+prints a result."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.stylegan2 import Generator
+from .machine import machine_info, machine_text, matmul_rates
+from .runtimes import OPSET, RUNTIMES, check_runtimes, open_runtime
+from .targets import RANDOM_WEIGHTS, Target, config_f_pair, prepare
+from .timing import BenchError, measure, using_threads
+
+MOBILESTYLEGAN_MAC_RATIO = 9.5  # the paper's teacher/student MAC ratio at 1024
+
+
+def _reason(e: BaseException) -> str:  # the first line of an error, for "skipped"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def check_batches(batch_sizes: Sequence[int]) -> list[int]:
+    if not batch_sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1
+                              for b in batch_sizes):
+        raise BenchError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    return sorted(set(batch_sizes))
+
+
+def batch_key(batch: int) -> str:
+    return f"batch_{batch}"
+
+
+# -- the benchmark ------------------------------------------------------------------------
+def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
+          batch_sizes: Sequence[int] = (1, 8), warmup: int = 2, repeats: int = 10,
+          threads: int | None = None, workdir: str | Path | None = None, *,
+          device: str = "cpu", teacher: Generator | None = None, peak_n: int | None = None,
+          opset: int = OPSET, seed: int = 0) -> dict[str, Any]:
+    """Time every model in every runtime at every batch size, in this process.
+
+    ``models``: name -> Generator / MobileSynthesis / StyleGAN2Config / StudentConfig /
+    :class:`Target` (see :func:`prepare`; ``teacher`` gives students their W+ layout and
+    noise). ``threads``: for every runtime (None: torch's current count). ``workdir``:
+    where exported files go (None: a temporary folder, removed afterwards).
+
+    Returns (layout: README "Benchmark")::
+
+        {"machine": {...}, "machine_text": str, "device", "threads", "peak_gmacs",
+         "peaks": {device: GMAC/s}, "matmul_gmacs": {device: {"mm", "onednn"}},
+         "warmup", "repeats", "batch_sizes", "runtimes",
+         "models": {name: {runtime: {"batch_B": {"median_ms", "p90_ms", "mean_ms", "min_ms",
+                                                 "repeats", "gmacs_per_s", "efficiency"}}}},
+         "model_info": {name: {"arch", "resolution", "macs", "params", "graph"}},
+         "runtime_devices": {name: {runtime: str}},
+         "parity": {name: {runtime: max abs difference to pytorch at batch 1}},
+         "rows": [[name, runtime, batch, median_ms, p90_ms, gmacs_per_s, efficiency]],
+         "skipped": {"name/runtime[/batch_B]": reason}}
+    """
+    runtimes = check_runtimes(runtimes)
+    batch_sizes = check_batches(batch_sizes)
+    if warmup < 0 or repeats < 1:
+        raise BenchError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    if threads is not None and threads < 1:
+        raise BenchError(f"threads must be >= 1, got {threads}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {device!r} asked for, but CUDA is not available")
+    targets = {name: prepare(m, teacher, seed) for name, m in models.items()}
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
+        workdir = Path(workdir)
+        n_threads = stack.enter_context(using_threads(threads, "executorch" in runtimes))
+        rates = {"cpu": matmul_rates("cpu", n_threads, peak_n)}
+        if str(device).startswith("cuda"):
+            rates[str(device)] = matmul_rates(str(device), n_threads, peak_n)
+        peaks = {dev: max(r.values()) for dev, r in rates.items()}
+        result: dict[str, Any] = {
+            "machine": machine_info(device), "device": str(device), "threads": n_threads,
+            "peak_gmacs": peaks[str(device)], "peaks": peaks, "matmul_gmacs": rates,
+            "warmup": warmup, "repeats": repeats, "batch_sizes": batch_sizes, "runtimes": runtimes,
+            "models": {}, "model_info": {}, "runtime_devices": {}, "parity": {}, "rows": [], "skipped": {},
+        }
+        result["machine_text"] = machine_text(result["machine"])
+        for name, target in targets.items():
+            result["model_info"][name] = {"arch": target.arch, "resolution": target.resolution,
+                                          "macs": target.macs, "params": target.params,
+                                          **target.info}
+            folder = workdir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _bench_model(name, target, runtimes, batch_sizes, warmup, repeats, n_threads, folder,
+                         str(device), peaks, opset, seed, result)
+    return result
+
+
+def _bench_model(name: str, target: Target, runtimes: list[str], batch_sizes: list[int],
+                 warmup: int, repeats: int, threads: int, folder: Path, device: str,
+                 peaks: dict[str, float], opset: int, seed: int, result: dict[str, Any]) -> None:
+    reference: dict[int, torch.Tensor] = {}
+    for rt in runtimes:
+        try:
+            runtime = open_runtime(rt, target, folder, device, threads, opset)
+        except Exception as e:  # not installed, or the model does not export to it
+            result["skipped"][f"{name}/{rt}"] = _reason(e)
+            continue
+        on = runtime.on
+        result["runtime_devices"].setdefault(name, {})[rt] = runtime.where
+        try:
+            for batch in batch_sizes:
+                key = f"{name}/{rt}/{batch_key(batch)}"
+                x = target.example(batch, seed)
+                try:
+                    fn = runtime.runner(x)
+                    out = fn()
+                    stats = measure(fn, warmup, repeats, on)
+                except Exception as e:
+                    result["skipped"][key] = _reason(e)
+                    continue
+                out = torch.as_tensor(out).detach().float().cpu()
+                if rt == "pytorch":
+                    reference[batch] = out
+                elif batch in reference and batch == batch_sizes[0]:
+                    result["parity"].setdefault(name, {})[rt] = float((out - reference[batch]).abs().max())
+                macs = None if target.macs is None else target.macs * batch
+                gmacs = None if macs is None else macs / (stats["median_ms"] / 1e3) / 1e9
+                stats["gmacs_per_s"] = gmacs
+                stats["efficiency"] = None if gmacs is None else gmacs / peaks.get(on, peaks["cpu"])
+                result["models"].setdefault(name, {}).setdefault(rt, {})[batch_key(batch)] = stats
+                result["rows"].append([name, rt, batch, stats["median_ms"], stats["p90_ms"], gmacs,
+                                       stats["efficiency"]])
+        finally:
+            runtime.close()
+
+
+# -- the teacher / student ratio ----------------------------------------------------------
+def ratios(result: Mapping[str, Any], teacher: str = "teacher", student: str = "student",
+           batch: int = 1) -> dict[str, Any]:
+    """Teacher median / student median per runtime from a :func:`bench` result, and the
+    MAC ratio (pipeline.cost, physical) next to MobileStyleGAN's published 9.5x."""
+    key = batch_key(batch)
+    out: dict[str, Any] = {"runtimes": {}, "latency_ratio": {}}
+    t_rt, s_rt = result["models"].get(teacher, {}), result["models"].get(student, {})
+    for rt in result["runtimes"]:
+        t, s = t_rt.get(rt, {}).get(key), s_rt.get(rt, {}).get(key)
+        if t and s:
+            out["runtimes"][rt] = {"teacher_ms": t["median_ms"], "student_ms": s["median_ms"],
+                                   "teacher_p90_ms": t["p90_ms"], "student_p90_ms": s["p90_ms"]}
+            out["latency_ratio"][rt] = t["median_ms"] / s["median_ms"]
+    t_macs = result["model_info"].get(teacher, {}).get("macs")
+    s_macs = result["model_info"].get(student, {}).get("macs")
+    out["mac_ratio"] = t_macs / s_macs if t_macs and s_macs else None
+    out["mac_ratio_mobilestylegan"] = MOBILESTYLEGAN_MAC_RATIO
+    return out
+
+
+def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 1024,
+                       channel_multiplier: int = 2, warmup: int = 1, repeats: int = 3,
+                       threads: int | None = None, workdir: str | Path | None = None, *,
+                       device: str = "cpu", seed: int = 0, peak_n: int | None = None,
+                       channel_max: int = 512, style_dim: int = 512, n_mlp: int = 8) -> dict[str, Any]:
+    """Config-f teacher (random weights: speed only) vs its default full student at
+    ``resolution`` (1024 for the headline figure), batch 1, same run, same threads.
+    ``channel_max``, ``style_dim`` and ``n_mlp`` shrink it for tests (config-f: 512, 512, 8).
+
+    Returns ``{"resolution", "channel_multiplier", "weights": "random (speed only)",
+    "latency_ratio": {runtime: teacher ms / student ms}, "runtimes": {runtime:
+    {"teacher_ms", "student_ms", "teacher_p90_ms", "student_p90_ms"}}, "mac_ratio",
+    "mac_ratio_mobilestylegan": 9.5, "teacher_macs", "student_macs", "threads",
+    "peak_gmacs", "machine", "machine_text", "skipped", "bench": the full bench() result}``.
+    """
+    runtimes = check_runtimes(runtimes)
+    teacher, student = config_f_pair(resolution, channel_multiplier, seed, style_dim, n_mlp, channel_max)
+    result = bench({"teacher": teacher, "student": student}, runtimes, (1,), warmup, repeats,
+                   threads, workdir, device=device, teacher=teacher, peak_n=peak_n, seed=seed)
+    info = result["model_info"]
+    return {"resolution": resolution, "channel_multiplier": channel_multiplier,
+            "channel_max": channel_max, "weights": RANDOM_WEIGHTS, **ratios(result),
+            "teacher_macs": info["teacher"]["macs"], "student_macs": info["student"]["macs"],
+            "threads": result["threads"], "peak_gmacs": result["peak_gmacs"],
+            "machine": result["machine"], "machine_text": result["machine_text"],
+            "skipped": result["skipped"], "bench": result}
+
+
+# -- the evaluate stage's entry point -----------------------------------------------------
+def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
+                     workdir: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Latency of the evaluate stage's models (objects with ``name``, ``module`` and
+    ``cost["macs"]``) per ``cfg`` (params ``evaluate.latency``), and the config-f ratio at
+    1024 when ``cfg.ratio_1024``. Returns (:func:`bench` result, :func:`latency_ratio_1024`
+    result or None)."""
+    targets = {}
+    for m in models:
+        t = prepare(m.module, teacher)
+        macs = (getattr(m, "cost", None) or {}).get("macs")
+        targets[m.name] = Target(t.net, t.arch, macs if macs is not None else t.macs, t.params,
+                                 t.resolution, t.info)
+    workdir = Path(workdir)
+    latency = bench(targets, cfg.runtimes, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.threads,
+                    workdir / "models", device=device, teacher=teacher)
+    ratio = None
+    if getattr(cfg, "ratio_1024", False):
+        ratio = latency_ratio_1024(cfg.runtimes, 1024, 2, min(cfg.warmup, 1),
+                                   getattr(cfg, "ratio_repeats", 3), cfg.threads, workdir / "ratio_1024",
+                                   device=device)
+    return latency, ratio
+
+
+# -- output -------------------------------------------------------------------------------
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def table(result: Mapping[str, Any], ratio: Mapping[str, Any] | None = None) -> str:
+    """The human-readable table of a :func:`bench` result (and of :func:`ratios`)."""
+    lines = [f"machine: {result['machine_text']}",
+             f"threads: {result['threads']}; device: {result['device']}; measured fp32 matmul peak "
+             f"{_f(result['peak_gmacs'], '.1f')} GMAC/s; warm-up {result['warmup']}, "
+             f"{result['repeats']} timed runs"]
+    header = ["model", "runtime", "batch", "median ms", "p90 ms", "GMAC/s", "efficiency"]
+    rows = [[str(name), rt, str(b), _f(med, ".2f"), _f(p90, ".2f"), _f(g, ".2f"),
+             _f(None if e is None else 100 * e, ".1f") + ("%" if e is not None else "")]
+            for name, rt, b, med, p90, g, e in result["rows"]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
+    lines += ["", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    if ratio and ratio.get("latency_ratio"):
+        lines += ["", "teacher / student latency ratio (batch 1, same run, same threads):"]
+        for rt, r in ratio["latency_ratio"].items():
+            ms = ratio["runtimes"][rt]
+            lines.append(f"  {rt:<12} {r:6.2f}x   ({ms['teacher_ms']:.2f} ms / {ms['student_ms']:.2f} ms)")
+        lines.append(f"  MACs (pipeline.cost, physical): {_f(ratio.get('mac_ratio'), '.2f')}x; "
+                     f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x")
+        if ratio.get("weights"):
+            lines.append(f"  weights: {ratio['weights']}")
+    if result["skipped"]:
+        lines += ["", "not measured:"] + [f"  {k}: {v}" for k, v in result["skipped"].items()]
+    return "\n".join(lines)

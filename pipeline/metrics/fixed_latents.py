@@ -1,0 +1,100 @@
+"""Fixed latents -> distances to a reference: the one path behind distill's validation,
+the search's fitness and the evaluate stage's per-model figures.
+
+``FixedLatents`` draws ``num_samples`` latents once (seeded) and keeps, chunk by chunk,
+the teacher's W+, noise and image; every model is then run on exactly those inputs.
+One resolution convention everywhere: a model whose output is smaller than the
+teacher's is bilinearly up-sampled to the full size, as it would be shown, so the
+detail it lacks counts against it.
+
+Distances per sample: ``lpips_<net>`` (named by :attr:`LPIPS.name`, ``_randinit`` on a
+stand-in backbone), ``mse`` and ``pixel_l1`` (images in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ..models.sampling import Targets, teacher_targets, upsample
+from ..models.stylegan2 import Generator
+from .perceptual import LPIPS
+
+Synthesis = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]  # (W+, noise) -> image
+
+
+class FixedLatents:
+    """The same latents, noise and teacher images for every model compared on them, in
+    chunks of ``batch_size``. ``keep``: hold the chunks (a few latents scored many times:
+    validation, search); otherwise each pass draws them again from the seed (many latents,
+    one pass: evaluate)."""
+
+    def __init__(self, teacher: Generator, num_samples: int, batch_size: int,
+                 truncation_psi: float, seed: int, device: torch.device | str,
+                 keep: bool = True) -> None:
+        self.teacher, self.num_samples, self.batch_size = teacher, num_samples, batch_size
+        self.truncation_psi, self.seed, self.device = truncation_psi, seed, device
+        self.resolution = teacher.cfg.resolution
+        self._kept = list(self._draw()) if keep else None
+
+    def _draw(self) -> Iterator[Targets]:
+        g = torch.Generator().manual_seed(self.seed)
+        for start in range(0, self.num_samples, self.batch_size):
+            n = min(self.batch_size, self.num_samples - start)
+            yield teacher_targets(self.teacher, n, self.truncation_psi, 0.0, g, self.device)
+
+    def __iter__(self) -> Iterator[Targets]:
+        return iter(self._kept) if self._kept is not None else self._draw()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def full_size(self, image: torch.Tensor) -> torch.Tensor:
+        """The one resolution convention: up-sampled to the teacher's size, as shown."""
+        return upsample(image.float(), self.resolution)
+
+    @torch.no_grad()
+    def outputs(self, model: Synthesis) -> Iterator[tuple[Targets, torch.Tensor]]:
+        """Per chunk: the targets and ``model``'s image on them at the full resolution."""
+        for t in self:
+            yield t, self.full_size(model(t.wplus, t.noise))
+
+
+@torch.no_grad()
+def distances(image: torch.Tensor, reference: torch.Tensor, lpips: LPIPS) -> dict[str, torch.Tensor]:
+    """Per-sample distances of ``image`` to ``reference`` (same shape, [-1, 1])."""
+    reference = reference.float()
+    return {lpips.name: lpips(image, reference),
+            "mse": (image - reference).pow(2).mean((1, 2, 3)),
+            "pixel_l1": (image - reference).abs().mean((1, 2, 3))}
+
+
+class Means:
+    """Running means of named per-sample figures."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, figures: dict[str, torch.Tensor], suffix: str = "", count: bool = True) -> None:
+        for k, v in figures.items():
+            self.sums[k + suffix] = self.sums.get(k + suffix, 0.0) + float(v.double().sum())
+        if count:
+            self.n += len(next(iter(figures.values())))
+
+    def result(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()}
+
+
+def mean_distances(model: Synthesis, latents: FixedLatents, lpips: LPIPS,
+                   references: dict[str, list[torch.Tensor] | None] | None = None,
+                   ) -> dict[str, float]:
+    """Mean distances of ``model`` to each reference: name suffix -> per-chunk images at the
+    full resolution, or None for the teacher's. Default: to the teacher, no suffix."""
+    means = Means()
+    for i, (t, image) in enumerate(latents.outputs(model)):
+        for j, (suffix, ref) in enumerate((references or {"": None}).items()):
+            means.add(distances(image, t.image if ref is None else ref[i], lpips), suffix,
+                      count=j == 0)
+    return means.result()

@@ -1,0 +1,37 @@
+"""The metric networks of ``params.yaml``'s ``metric_networks``, built once per stage, and
+the one rule that names figures measured on stand-in weights.
+
+A figure's name says which network measured it (``lpips_vgg``, ``lpips_alex``, ``fid``,
+``kid``); on random stand-in weights the name gets ``_randinit`` (``lpips_alex_randinit``,
+``fid_randinit``), so no stand-in figure can pass for the real metric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..params import LpipsNet, MetricNetworks
+from . import stand_in_name
+from .inception import InceptionFeatures
+from .perceptual import LPIPS
+from .weights import resolve_weights
+
+__all__ = ["inception_network", "lpips_network", "stand_in_name"]
+
+
+def lpips_network(nets: MetricNetworks, net: LpipsNet, cache_dir: str | Path,
+                  device: torch.device | str = "cpu") -> LPIPS:
+    """LPIPS on ``metric_networks.lpips_<net>``'s weights (path/URL/S3 or the hub cache)."""
+    source = getattr(nets, f"lpips_{net}")
+    return LPIPS(net, resolve_weights(source.weights, cache_dir), stand_in=source.stand_in,
+                 size=nets.lpips_size).to(device).eval()
+
+
+def inception_network(nets: MetricNetworks, cache_dir: str | Path,
+                      device: torch.device | str = "cpu") -> InceptionFeatures:
+    """pytorch-fid's Inception on ``metric_networks.inception``'s weights."""
+    source = nets.inception
+    return InceptionFeatures(resolve_weights(source.weights, cache_dir),
+                             stand_in=source.stand_in).to(device).eval()

@@ -1,0 +1,54 @@
+"""Teacher samples and the resizing conventions every stage shares.
+
+A *target* is {W+, noise, teacher image} from fresh z: the student gets exactly the
+teacher's styles and noise tensors, so no dataset is needed (MobileStyleGAN section 4).
+Lower-resolution images meet full-resolution ones in two ways: training compares a
+level with the teacher image area-downsampled to it (consistent with the Haar LL
+band); every reported distance up-samples the smaller image to the full size, as it
+would be shown (see pipeline.metrics.fixed_latents).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .stylegan2 import Generator
+
+
+class Targets(NamedTuple):
+    wplus: torch.Tensor
+    noise: list[torch.Tensor]
+    image: torch.Tensor  # the teacher's image, [B, 3, R, R]
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: Generator, batch: int, truncation_psi: float, mixing_prob: float,
+    generator: torch.Generator, device: torch.device,
+) -> Targets:
+    """One batch of {W+, noise, teacher image} from fresh z."""
+    d, n = teacher.cfg.style_dim, teacher.cfg.n_latent
+    z = torch.randn(batch, d, generator=generator).to(device)
+    z_mix, crossover = None, None
+    draw = torch.rand((), generator=generator).item()
+    if draw < mixing_prob:
+        z_mix = torch.randn(batch, d, generator=generator).to(device)
+        crossover = int(torch.randint(1, n, (), generator=generator))
+    out = teacher(z, truncation_psi, z_mix, crossover, noise_mode="random", generator=generator)
+    return Targets(out.wplus, out.noise, out.image)
+
+
+def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Area downsampling: box filter, consistent with the Haar LL band."""
+    factor = image.shape[-1] // size
+    return image if factor == 1 else F.avg_pool2d(image, factor)
+
+
+def upsample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear up-sampling to ``size`` (a lower-resolution output, as it would be shown)."""
+    if image.shape[-1] == size:
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)

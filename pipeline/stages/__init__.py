@@ -1,0 +1,87 @@
+"""The five DVC stages, one module each, named as in ``dvc.yaml``:
+
+    fetch_teacher -> distill -> search -> evaluate -> export
+
+Every stage module has the same shape:
+
+    NAME                the DVC stage name, also its section of params.yaml
+    SHARED              the other params sections it reads (``metric_networks``)
+    Paths               a dataclass of its input and output paths, with the defaults
+                        ``dvc.yaml`` uses (the CLI's ``--<field>`` options)
+    run(params, paths, ctx) -> StageResult
+
+:func:`execute` runs one inside its MLflow run and does what every stage does after
+its work: write ``metrics/<stage>.json``, log the metrics, tags and artifacts, and set
+the one ``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .. import tracking
+from ..io import write_json
+from ..params import Params
+
+STAGES = ("fetch_teacher", "distill", "search", "evaluate", "export")
+
+
+@dataclass
+class Context:
+    """What a stage gets besides params and paths."""
+
+    cache_dir: Path
+    progress: bool = True
+    tracker: tracking.StageRun | None = None  # curves logged while the stage runs
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: ``metrics/<stage>.json``'s content (numbers, nested), MLflow
+    tags, the files to log (path -> artifact folder), and the networks that ran on
+    stand-in weights (``teacher``, ``lpips_alex``, ``inception``, ...)."""
+
+    metrics: dict[str, Any]
+    artifacts: dict[str | Path, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    stand_ins: list[str] = field(default_factory=list)
+
+
+def load(name: str) -> ModuleType:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | Path,
+            cache_dir: str | Path, progress: bool = True) -> StageResult:
+    """Run ``stage`` in its MLflow run and record its result. Under torchrun only rank 0
+    talks to MLflow and writes the metrics; the other ranks just run."""
+    if os.environ.get("RANK", "0") != "0":
+        return stage.run(params, paths, Context(Path(cache_dir), progress))
+    with tracking.stage_run(stage.NAME, getattr(params, stage.NAME),
+                            tags={"profile": params.profile}) as tracker:
+        for section in stage.SHARED:
+            tracker.log_params(getattr(params, section), prefix=f"{section}.")
+        result = stage.run(params, paths, Context(Path(cache_dir), progress, tracker))
+        write_json(metrics_path, result.metrics)
+        tracker.log_metrics(result.metrics)
+        tracker.set_tags({**result.tags, "stand_in_weights": str(bool(result.stand_ins)).lower()})
+        for path, folder in {**result.artifacts, metrics_path: stage.NAME}.items():
+            tracker.log_artifact(path, folder)
+    return result
+
+
+def stand_ins(*networks: Any) -> list[str]:
+    """The names of the metric networks that run on stand-in weights."""
+    return [n.name for n in networks if n.stand_in]
+
+
+def option(default: str | None, help: str) -> Any:
+    """A ``Paths`` field: its default and the CLI help of ``--<name>``."""
+    return field(default=default, metadata={"help": help})
