@@ -99,11 +99,11 @@ def test_a_manual_run_takes_a_profile_and_overrides_applied_by_a_setup_task(nigh
         assert "params" in dag.get_task(name).get_flat_relative_ids(upstream=True)
         assert name in teardown.get_flat_relative_ids(upstream=True)
     # The run's params reach the task as environment variables, never through the shell.
-    context = {"params": {"profile": "ffhq256", "overrides": ["distill.steps=10", "seed=3"]},
+    context = {"params": {"profile": "ffhq256", "overrides": ["distill.steps=10", "search.seed=3"]},
                "run_id": "manual__1"}
     env = setup.render_template(setup.env, context, jinja_env=dag.get_template_env())
     assert env["STYLEGAN_MOBILE_PROFILE"] == "ffhq256"
-    assert json.loads(env["STYLEGAN_MOBILE_OVERRIDES"]) == ["distill.steps=10", "seed=3"]
+    assert json.loads(env["STYLEGAN_MOBILE_OVERRIDES"]) == ["distill.steps=10", "search.seed=3"]
     assert env["STYLEGAN_MOBILE_RUN_GROUP"] == "airflow-manual__1"
     default = setup.render_template(setup.env, {"params": dict(dag.params), "run_id": "r"},
                                     jinja_env=dag.get_template_env())
@@ -129,13 +129,13 @@ def run_params(workspace: Path, action: str, profile: str = "", overrides=()) ->
 
 def test_run_params_applies_a_profile_and_overrides_then_restores_the_committed_file(workspace):
     committed = (workspace / "params.yaml").read_bytes()
-    applied = run_params(workspace, "apply", "ffhq256", ["distill.steps=500000", "seed=5"])
+    applied = run_params(workspace, "apply", "ffhq256", ["distill.steps=500000", "search.seed=5"])
     assert applied.returncode == 0, applied.stderr
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     profile = yaml.safe_load((workspace / "profiles/ffhq256.yaml").read_text())
     assert params["profile"] == "ffhq256"
     assert params["fetch_teacher"]["source"] == profile["fetch_teacher"]["source"]
-    assert params["distill"]["steps"] == 500000 and params["seed"] == 5  # overrides win
+    assert params["distill"]["steps"] == 500000 and params["search"]["seed"] == 5  # overrides win
     assert params["search"]["budgets"] == {**yaml.safe_load(committed)["search"]["budgets"],
                                            **profile["search"]["budgets"]}
 
@@ -167,10 +167,10 @@ def test_run_params_refuses_bad_input_with_one_line_and_keeps_the_file(workspace
 
 def test_run_params_first_restores_what_an_interrupted_run_left(workspace):
     committed = (workspace / "params.yaml").read_bytes()
-    assert run_params(workspace, "apply", "", ["seed=9"]).returncode == 0  # teardown never ran
-    again = run_params(workspace, "apply", "", ["seed=4"])
+    assert run_params(workspace, "apply", "", ["search.seed=9"]).returncode == 0  # teardown never ran
+    again = run_params(workspace, "apply", "", ["search.seed=4"])
     assert again.returncode == 0 and "interrupted" in again.stdout
-    assert yaml.safe_load((workspace / "params.yaml").read_text())["seed"] == 4
+    assert yaml.safe_load((workspace / "params.yaml").read_text())["search"]["seed"] == 4
     run_params(workspace, "restore")
     assert (workspace / "params.yaml").read_bytes() == committed
 

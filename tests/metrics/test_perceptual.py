@@ -77,7 +77,8 @@ def test_missing_weights_explain_how_to_provide_them():
     with pytest.raises(PipelineError) as e:
         LPIPS("vgg")
     msg = str(e.value)
-    assert "stand_in" in msg and "vgg16-397923af.pth" in msg and "backbone_weights" in msg
+    assert "vgg16-397923af.pth" in msg and "metric_networks.lpips_vgg.weights" in msg
+    assert "metric_networks.lpips_vgg.stand_in" in msg
     assert "_randinit" in msg
 
 
