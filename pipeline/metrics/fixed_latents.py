@@ -8,7 +8,8 @@ teacher's is bilinearly up-sampled to the full size, as it would be shown, so th
 detail it lacks counts against it.
 
 Distances per sample: ``lpips_<net>`` (named by :attr:`LPIPS.name`, ``_randinit`` on a
-stand-in backbone), ``mse`` and ``pixel_l1`` (images in [-1, 1]).
+stand-in backbone), ``mse``, ``pixel_l1``, ``psnr`` and ``exploded`` (images in [-1, 1]);
+reported as means with robust statistics beside them (medians, tails, counts).
 """
 
 from __future__ import annotations
@@ -63,28 +64,47 @@ class FixedLatents:
 
 @torch.no_grad()
 def distances(image: torch.Tensor, reference: torch.Tensor, lpips: LPIPS) -> dict[str, torch.Tensor]:
-    """Per-sample distances of ``image`` to ``reference`` (same shape, [-1, 1])."""
+    """Per-sample distances of ``image`` to ``reference`` (same shape, [-1, 1]); ``psnr`` on
+    both clamped to [-1, 1] (peak-to-peak 2, weight-free, so it means something offline;
+    capped at 100 dB), ``exploded`` 1 where the image's largest magnitude is over 1.5x the
+    reference's (a sample blowing up, which means alone would average away)."""
     reference = reference.float()
+    clamped = (image.clamp(-1, 1) - reference.clamp(-1, 1)).pow(2).mean((1, 2, 3))
+    peak = image.abs().flatten(1).amax(1)
     return {lpips.name: lpips(image, reference),
             "mse": (image - reference).pow(2).mean((1, 2, 3)),
-            "pixel_l1": (image - reference).abs().mean((1, 2, 3))}
+            "pixel_l1": (image - reference).abs().mean((1, 2, 3)),
+            "psnr": 10 * torch.log10(4 / clamped.clamp_min(4e-10)),
+            "exploded": (peak > 1.5 * reference.abs().flatten(1).amax(1)).float()}
 
 
-class Means:
-    """Running means of named per-sample figures."""
+# Robust per-sample figures beside the means: a 5 % failure shows in a tail, not a mean.
+QUANTILES = {"psnr": {"median": 0.5, "p10": 0.1}, "pixel_l1": {"median": 0.5, "p90": 0.9, "max": 1.0}}
+
+
+class PerSample:
+    """Named per-sample figures, kept whole, summarised as means with the quantiles of
+    :data:`QUANTILES` beside them (``psnr_median``, ``pixel_l1_p90_teacher``...) and
+    ``exploded`` as a count."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n = 0
+        self.values: dict[tuple[str, str], list[torch.Tensor]] = {}
 
-    def add(self, figures: dict[str, torch.Tensor], suffix: str = "", count: bool = True) -> None:
+    def add(self, figures: dict[str, torch.Tensor], suffix: str = "") -> None:
         for k, v in figures.items():
-            self.sums[k + suffix] = self.sums.get(k + suffix, 0.0) + float(v.double().sum())
-        if count:
-            self.n += len(next(iter(figures.values())))
+            self.values.setdefault((k, suffix), []).append(v.detach().double().cpu())
 
     def result(self) -> dict[str, float]:
-        return {k: v / self.n for k, v in self.sums.items()}
+        out: dict[str, float] = {}
+        for (k, suffix), chunks in self.values.items():
+            v = torch.cat(chunks)
+            if k == "exploded":
+                out[k + suffix] = int(v.sum())
+                continue
+            out[k + suffix] = float(v.mean())
+            for name, q in QUANTILES.get(k, {}).items():
+                out[f"{k}_{name}{suffix}"] = float(torch.quantile(v, q))
+        return out
 
 
 def mean_distances(model: Synthesis, latents: FixedLatents, lpips: LPIPS,
@@ -92,9 +112,8 @@ def mean_distances(model: Synthesis, latents: FixedLatents, lpips: LPIPS,
                    ) -> dict[str, float]:
     """Mean distances of ``model`` to each reference: name suffix -> per-chunk images at the
     full resolution, or None for the teacher's. Default: to the teacher, no suffix."""
-    means = Means()
+    means = PerSample()
     for i, (t, image) in enumerate(latents.outputs(model)):
-        for j, (suffix, ref) in enumerate((references or {"": None}).items()):
-            means.add(distances(image, t.image if ref is None else ref[i], lpips), suffix,
-                      count=j == 0)
+        for suffix, ref in (references or {"": None}).items():
+            means.add(distances(image, t.image if ref is None else ref[i], lpips), suffix)
     return means.result()

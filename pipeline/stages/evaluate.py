@@ -42,7 +42,7 @@ from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
 from ..metrics.distances import feature_stats, frechet_distance, kid
 from ..metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
-from ..metrics.fixed_latents import FixedLatents, Means, distances
+from ..metrics.fixed_latents import FixedLatents, PerSample, distances
 from ..metrics.inception import InceptionFeatures
 from ..metrics.networks import inception_network, lpips_network
 from ..metrics.perceptual import LPIPS
@@ -121,7 +121,7 @@ class Samples:
     and the first images for the grid."""
 
     features: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    means: dict[str, Means] = field(default_factory=dict)
+    means: dict[str, PerSample] = field(default_factory=dict)
     grid: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -136,7 +136,7 @@ def sample_models(models: list[Model], latents: FixedLatents, features: Inceptio
         for m in models:
             image = latents.full_size(t.image if m.kind == "teacher" else m.net(t.wplus, t.noise))
             out.features.setdefault(m.name, []).append(features(image).double().cpu().numpy())
-            out.means.setdefault(m.name, Means()).add(distances(image, t.image, lpips))
+            out.means.setdefault(m.name, PerSample()).add(distances(image, t.image, lpips))
             if m.name not in out.grid:
                 out.grid[m.name] = image[:grid_samples].cpu()
         bar.update(len(t.image))
@@ -354,13 +354,18 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
         notes.append("The teacher itself is a **random stand-in** (offline profile).")
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     lines += ["## Quality and cost", ""]
-    lines += _table(["model", "kind", "output", "params", "GMACs", fid, kid_name, lp, "pixel L1"],
+    lines += _table(["model", "kind", "output", "params", "GMACs", fid, kid_name, lp, "pixel L1",
+                     "PSNR median / p10 (dB)", "exploded"],
                     [[m.name, m.kind, f"{m.resolution}px", m.cost["params"], round(m.gmacs, 4),
                       figures[m.name].get(fid), figures[m.name].get(kid_name),
-                      figures[m.name].get(lp), figures[m.name]["pixel_l1"]] for m in models])
+                      figures[m.name].get(lp), figures[m.name]["pixel_l1"],
+                      f"{figures[m.name]['psnr_median']:.2f} / {figures[m.name]['psnr_p10']:.2f}",
+                      figures[m.name]["exploded"]] for m in models])
     lines += ["", "MACs: physical multiply-accumulates of the synthesis network "
-              "(pipeline.cost); LPIPS and pixel L1 against the teacher's image of the same "
-              "latents at full resolution (lower-resolution outputs bilinearly up-sampled).", ""]
+              "(pipeline.cost); LPIPS, pixel L1 and PSNR (images clamped to [-1, 1]) against "
+              "the teacher's image of the same latents at full resolution (lower-resolution "
+              "outputs bilinearly up-sampled); exploded: samples whose largest magnitude is "
+              "over 1.5x the teacher's on the same latents.", ""]
     if latency:
         lines += ["## Latency", "", f"Machine: {latency.get('machine_text', '-')}; "
                   f"{latency.get('threads')} threads; measured matmul peak "

@@ -38,7 +38,7 @@ from ..data import RealImages
 from ..errors import PipelineError
 from ..metrics import stand_in_name
 from ..metrics.distances import kid
-from ..metrics.fixed_latents import FixedLatents, Means, distances
+from ..metrics.fixed_latents import FixedLatents, PerSample, distances
 from ..models.discriminator import Discriminator
 from ..models.elastic import (
     Arch,
@@ -156,7 +156,7 @@ class Validator:
     @torch.no_grad()
     def __call__(self, student: MobileSynthesis) -> dict[str, float]:
         """``lpips_<net>``, ``mse``, ``pixel_l1`` and KID to the teacher."""
-        means, feats = Means(), []
+        means, feats = PerSample(), []
         for t, image in self.latents.outputs(student):
             means.add(distances(image, t.image, self.lpips))
             feats.append(self._feats(image))
@@ -382,8 +382,12 @@ def distill(
         "train_seconds": round(elapsed, 2),
         **{f"{name}_{when}": figures.get(key, math.nan) if figures else math.nan
            for name, key in ((f"{lp}_to_teacher", lp), ("pixel_l1", "pixel_l1"),
-                             ("mse", "mse"), (kid_name, kid_name))
+                             ("pixel_l1_p90", "pixel_l1_p90"), ("pixel_l1_max", "pixel_l1_max"),
+                             ("mse", "mse"), ("psnr_to_teacher", "psnr_median"),
+                             ("psnr_to_teacher_p10", "psnr_p10"), ("exploded", "exploded"),
+                             (kid_name, kid_name))
            for when, figures in (("start", metrics_start), ("end", end))},
+        "validation_samples": cfg.validation.num_samples,
         **({f"{lp}_to_teacher_smallest_end": end.get(f"{lp}_smallest", math.nan)}
            if elastic is not None else {}),
         "student_params": sum(p.numel() for p in ema.parameters()),

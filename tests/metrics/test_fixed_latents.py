@@ -1,0 +1,70 @@
+"""Fixed latents -> distances: the same latents for every model, one resolution convention,
+and per-sample figures that a few failing samples cannot hide in a mean."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.metrics.fixed_latents import FixedLatents, PerSample, distances, mean_distances
+from pipeline.metrics.perceptual import LPIPS
+from pipeline.models.sampling import downsample
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    return LPIPS("alex", None, stand_in=True)
+
+
+def test_kept_and_redrawn_latents_are_the_same(tiny_teacher):
+    kept = FixedLatents(tiny_teacher, 10, 4, 1.0, seed=3, device="cpu")
+    drawn = FixedLatents(tiny_teacher, 10, 4, 1.0, seed=3, device="cpu", keep=False)
+    assert len(kept) == len(drawn) == 10
+    pairs = list(zip(kept, drawn, strict=True))
+    assert [len(a.image) for a, _ in pairs] == [4, 4, 2]
+    for a, b in pairs:
+        assert torch.equal(a.wplus, b.wplus) and torch.equal(a.image, b.image)
+    other = FixedLatents(tiny_teacher, 10, 4, 1.0, seed=4, device="cpu")
+    assert not torch.equal(next(iter(other)).image, next(iter(kept)).image)
+
+
+def test_a_smaller_output_is_compared_up_sampled_to_full_size(tiny_teacher, lpips):
+    latents = FixedLatents(tiny_teacher, 4, 4, 1.0, seed=0, device="cpu")
+
+    def half_size(wplus, noise):  # what a 16x16 sub-network would show
+        return downsample(tiny_teacher.synthesis(wplus, noise), 16)
+
+    ((t, image),) = list(latents.outputs(half_size))
+    assert image.shape == t.image.shape
+    figures = mean_distances(half_size, latents, lpips)
+    assert 0 < figures["pixel_l1"] and figures["psnr_median"] > 10
+    assert mean_distances(tiny_teacher.synthesis, latents, lpips)["pixel_l1"] == 0
+
+
+def test_psnr_and_explosions_per_sample(lpips):
+    ref = torch.rand(4, 3, 32, 32) * 2 - 1
+    image = ref.clone()
+    image[0] += 0.1  # MSE 0.01 on clamped images: 10 log10(4 / 0.01) = 26.0 dB
+    image[1] *= 3  # blows up: 3x the reference's largest value
+    d = distances(image, ref, lpips)
+    assert d["exploded"].tolist() == [0, 1, 0, 0]
+    assert d["psnr"][2] == pytest.approx(100)  # identical: capped
+    assert d["psnr"][1] < d["psnr"][0] < 27
+
+
+def test_a_few_exploding_samples_show_in_the_tails_and_the_count(lpips):
+    """One sample in 20 off by a lot: the mean moves, the median does not, and the count
+    and the tails say so."""
+    ref = torch.rand(20, 3, 32, 32) * 2 - 1
+    image = ref + 0.05
+    image[7] = ref[7] * 50
+    figures = PerSample()
+    figures.add(distances(image[:12], ref[:12], lpips))
+    figures.add(distances(image[12:], ref[12:], lpips), "")
+    r = figures.result()
+    assert r["exploded"] == 1
+    assert r["pixel_l1_median"] == pytest.approx(0.05, abs=1e-4)
+    assert r["pixel_l1_max"] > 10 and r["pixel_l1"] > 10 * r["pixel_l1_median"]
+    assert r["psnr_p10"] < r["psnr_median"] and math.isfinite(r["psnr_p10"])
