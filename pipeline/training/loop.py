@@ -53,7 +53,7 @@ from ..models.elastic import (
 )
 from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
 from ..models.sampling import downsample, teacher_targets, upsample
-from ..models.stylegan2 import Generator
+from ..models.stylegan2 import Generator, derived_seed
 from ..params import Distill
 from . import checkpoint, dist
 from .loss import DistillLoss
@@ -203,7 +203,7 @@ def distill(
     """
     ctx = procs
     device = ctx.device
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(derived_seed("distill-init", cfg.seed))  # not the latents' stream
     student_cfg = student_config(cfg, teacher)
     if cfg.batch_size % ctx.world:
         raise PipelineError(
