@@ -37,9 +37,12 @@ def _register(client: MlflowClient, name: str, files: dict[str, bytes], tmp: Pat
 def registry(tmp_path_factory) -> Iterator[MlflowClient]:
     tmp = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        mlflow.set_tracking_uri(None)  # make the environment variable win
+        # Explicit, not None: after an earlier test set a URI, None fell back to
+        # ./mlflow.db in the working directory instead of the environment's store.
+        mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(None)
         client = MlflowClient()
         mlflow.set_experiment(experiment_id=client.create_experiment(
@@ -50,6 +53,7 @@ def registry(tmp_path_factory) -> Iterator[MlflowClient]:
         _register(client, "twins", {"a.pt": b"a", "b.safetensors": b"b", "MLmodel": b""}, tmp)
         yield client
         mlflow.set_experiment(experiment_name="Default")
+        mlflow.set_tracking_uri(None)
 
 
 def test_download_then_cache_hit(registry, cache_dir, cache_files):
