@@ -47,7 +47,7 @@ def test_a_missing_dep_is_caught():
     assert "pipeline/models/elastic.py" in uncovered("distill", deps)
 
 
-def test_the_closure_follows_relative_lazy_and_package_imports(tmp_path):
+def test_the_closure_follows_relative_lazy_and_package_imports():
     files = {p.relative_to(ROOT).as_posix() for p in stage_code("evaluate")}
     assert "pipeline/bench/__init__.py" in files  # imported inside run(): lazily
     assert "pipeline/stages/__init__.py" in files and "pipeline/__init__.py" in files
