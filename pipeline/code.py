@@ -54,7 +54,7 @@ def _imports(path: Path) -> set[str]:
 def import_closure(*modules: str) -> list[Path]:
     """Every repository file that importing ``modules`` can load, their packages'
     ``__init__.py`` included, sorted."""
-    todo = [m for m in modules]
+    todo = list(modules)
     seen: set[Path] = set()
     while todo:
         name = todo.pop()

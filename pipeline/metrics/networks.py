@@ -1,9 +1,9 @@
-"""The metric networks of ``params.yaml``'s ``metric_networks``, built once per stage, and
-the one rule that names figures measured on stand-in weights.
+"""The metric networks of ``params.yaml``'s ``metric_networks``, built once per stage.
 
 A figure's name says which network measured it (``lpips_vgg``, ``lpips_alex``, ``fid``,
 ``kid``); on random stand-in weights the name gets ``_randinit`` (``lpips_alex_randinit``,
-``fid_randinit``), so no stand-in figure can pass for the real metric.
+``fid_randinit``; the one rule: ``pipeline.metrics.stand_in_name``), so no stand-in
+figure can pass for the real metric.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from pathlib import Path
 import torch
 
 from ..params import LpipsNet, MetricNetworks
-from . import stand_in_name
 from .inception import InceptionFeatures
 from .perceptual import LPIPS
 from .weights import resolve_weights
-
-__all__ = ["inception_network", "lpips_network", "stand_in_name"]
 
 
 def lpips_network(nets: MetricNetworks, net: LpipsNet, cache_dir: str | Path,

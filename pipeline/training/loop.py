@@ -91,9 +91,8 @@ def training_code() -> list[Path]:
     teacher is identified by its sha256) and the params schema (the settings' values are
     digested themselves)."""
     files = import_closure(__name__, "pipeline.metrics.perceptual", "pipeline.metrics.inception")
-    bytes_only = (ROOT / "pipeline" / "fetch", ROOT / "pipeline" / "checkpoints")
-    return [p for p in files if not p.is_relative_to(bytes_only[0])
-            and not p.is_relative_to(bytes_only[1]) and p != ROOT / "pipeline" / "params.py"]
+    left_out = [ROOT / "pipeline" / name for name in ("fetch", "checkpoints", "params.py")]
+    return [p for p in files if not any(p.is_relative_to(x) for x in left_out)]
 
 
 def code_digest() -> str:
