@@ -154,6 +154,8 @@ class MetricNetworks(Section):
 
 
 class Adversarial(Section):
+    lr: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="the discriminator's learning rate (null: distill.lr)")
     augment: str = "color,translation,cutout"
     r1_gamma: Annotated[float, Field(ge=0)] = 10.0
     r1_every: Annotated[int, Field(ge=1)] = 16
@@ -167,9 +169,12 @@ class Adversarial(Section):
 
 class Validation(Section):
     every: Annotated[int, Field(ge=1)] = 100
-    num_samples: Annotated[int, Field(ge=2)] = 64
+    num_samples: Annotated[int, Field(ge=2)] = 256
     seed: Annotated[int, Field(ge=0)] = 12345
     grid_samples: Annotated[int, Field(ge=1, le=64)] = 8
+    max_exploded: Annotated[int, Field(ge=0)] | None = Field(
+        0, description="the gate: the stage fails when more validation samples than this "
+        "explode at the end (max |student| > 1.5 x max |teacher|); null: report only")
 
 
 class ElasticTraining(Section):
@@ -205,6 +210,9 @@ class Distill(Section):
     steps: Annotated[int, Field(ge=1)] = 1000
     batch_size: Annotated[int, Field(ge=1)] = 8
     lr: Annotated[float, Field(gt=0)] = 5e-4
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the generator's lr over the steps: constant (the papers, "
+        "800k steps) or cosine decay to 0 (short runs: large steps first, then settle)")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9, 0.999)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999

@@ -41,7 +41,7 @@ def layout_teacher(resolution: int, style_dim: int, seed: int = 0) -> Generator:
     """A tiny teacher (4 channels) that only supplies a W+ layout and fixed noise maps for
     a student given without its teacher (latency does not depend on the noise values)."""
     cfg = StyleGAN2Config.config_f(resolution, channel_max=4, style_dim=style_dim, n_mlp=1)
-    return random_generator(cfg, seed)
+    return random_generator(cfg, seed, image_like=False)  # speed only
 
 
 def random_student(cfg: StudentConfig, seed: int = 0) -> MobileSynthesis:
@@ -64,7 +64,7 @@ def config_f_pair(resolution: int = 1024, channel_multiplier: int = 2, seed: int
     (``StudentConfig.from_teacher``: the teacher's channels per feature resolution, fused
     demodulation; folded when the graph is built), random, demodulation calibrated."""
     cfg = StyleGAN2Config.config_f(resolution, channel_multiplier, channel_max, style_dim, n_mlp)
-    teacher = random_generator(cfg, seed)
+    teacher = random_generator(cfg, seed, image_like=False)
     student = random_student(StudentConfig.from_teacher(cfg.channels, resolution, style_dim), seed)
     return teacher, student
 
@@ -88,7 +88,7 @@ def prepare(model: Any, teacher: Generator | None = None, seed: int = 0, check: 
     if isinstance(model, Target):
         return model
     if isinstance(model, StyleGAN2Config):
-        model = random_generator(model, seed)
+        model = random_generator(model, seed, image_like=False)
     if isinstance(model, StudentConfig):
         model = random_student(model, seed)
     if isinstance(model, Generator):

@@ -33,9 +33,10 @@ class FixedLatents:
 
     def __init__(self, teacher: Generator, num_samples: int, batch_size: int,
                  truncation_psi: float, seed: int, device: torch.device | str,
-                 keep: bool = True) -> None:
+                 keep: bool = True, mixing: float = 0.0) -> None:
         self.teacher, self.num_samples, self.batch_size = teacher, num_samples, batch_size
         self.truncation_psi, self.seed, self.device = truncation_psi, seed, device
+        self.mixing = mixing  # style-mixing probability of the latents
         self.resolution = teacher.cfg.resolution
         self._kept = list(self._draw()) if keep else None
 
@@ -43,7 +44,8 @@ class FixedLatents:
         g = torch.Generator().manual_seed(self.seed)
         for start in range(0, self.num_samples, self.batch_size):
             n = min(self.batch_size, self.num_samples - start)
-            yield teacher_targets(self.teacher, n, self.truncation_psi, 0.0, g, self.device)
+            yield teacher_targets(self.teacher, n, self.truncation_psi, self.mixing, g,
+                                  self.device)
 
     def __iter__(self) -> Iterator[Targets]:
         return iter(self._kept) if self._kept is not None else self._draw()

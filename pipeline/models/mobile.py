@@ -50,6 +50,8 @@ from .wavelets import idwt
 # exact: per style; fused: constant (trainable); folded: fused, multiplied into the weights
 Demodulation = Literal["exact", "fused", "folded"]
 WAVELET_CHANNELS = 12  # Haar subbands (LL, LH, HL, HH) x RGB
+UP_STYLE_INIT = 0.1  # initial gain of the IDWT up-sampling's style weights (see IDWTUpsample)
+HEAD_INIT = 0.1  # initial gain of the heads' weights
 
 
 class StudentConfig(BaseModel):
@@ -257,6 +259,11 @@ class IDWTUpsample(nn.Module):
     def __init__(self, channels: int, style_dim: int) -> None:
         super().__init__()
         self.modulation = EqualLinear(style_dim, channels, bias_init=1.0)
+        # Nothing demodulates this scale: at the convs' unit init, s ~ 1 + N(0, |w|^2/D)
+        # multiplies the features level after level (RMS x5 and x25 spread between latents
+        # by 32x32), and the spread survives training as exploding samples. Start s near 1.
+        with torch.no_grad():
+            self.modulation.weight.mul_(UP_STYLE_INIT)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = x * self.modulation(w)[:, :, None, None]
@@ -277,7 +284,9 @@ class Head(nn.Module):
         self.kind = kind
         out = WAVELET_CHANNELS if kind == "wavelet" else 3
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn(out, in_ch, 1, 1))
+        # Small: the first steps then learn the image instead of undoing an output ~25x
+        # too large (the features reach it with an RMS of several units).
+        self.weight = nn.Parameter(torch.randn(out, in_ch, 1, 1) * HEAD_INIT)
         self.bias = nn.Parameter(torch.zeros(out))
         self.scale = 1.0 / math.sqrt(fan_in or in_ch)
 

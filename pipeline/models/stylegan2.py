@@ -434,9 +434,18 @@ def derived_seed(purpose: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def random_generator(cfg: StyleGAN2Config, seed: int) -> Generator:
+IMAGE_RMS = 0.5  # a random teacher's output RMS: values mostly in [-1, 1], as a trained one's
+
+
+def random_generator(cfg: StyleGAN2Config, seed: int, image_like: bool = True) -> Generator:
     """A deterministic randomly initialised teacher (same seed -> same weights), its
-    weights and w_avg drawn from streams no latent seed shares (:func:`derived_seed`)."""
+    weights and w_avg drawn from streams no latent seed shares (:func:`derived_seed`).
+
+    ``image_like``: every ToRGB is scaled by one factor so the images' RMS is
+    :data:`IMAGE_RMS` (measured on 16 fixed latents), as a trained StyleGAN2 draws in
+    about [-1, 1]; at init the skip sum of unit-variance ToRGBs has an RMS near 2 and
+    values past 10. Speed benchmarks, which never look at the images, skip it.
+    """
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(derived_seed("random-teacher", seed))
@@ -450,4 +459,12 @@ def random_generator(cfg: StyleGAN2Config, seed: int) -> Generator:
         torch.random.set_rng_state(state)
     with torch.no_grad():
         g.w_avg.copy_(g.mean_w(seed=derived_seed("random-teacher-w_avg", seed)))
+        if image_like:
+            gen = torch.Generator().manual_seed(derived_seed("random-teacher-rms", seed))
+            square = sum(g(torch.randn(4, cfg.style_dim, generator=gen), generator=gen)
+                         .image.pow(2).mean() for _ in range(4)) / 4
+            gain = IMAGE_RMS / float(square.sqrt())
+            for m in [g.to_rgb1, *g.to_rgbs]:  # the image is their sum: it scales by gain
+                m.conv.weight.mul_(gain)
+                m.bias.mul_(gain)
     return g.eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from ..checkpoints import load_teacher
 from ..checkpoints.project import save_student
 from ..data import RealImages
+from ..errors import PipelineError
 from ..images import save_grid
 from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
@@ -62,6 +64,17 @@ def write_curves(result: DistillResult, folder: Path, renames: dict[str, str]) -
             writer.writerows(rows)
 
 
+def check_exploded(metrics: dict[str, Any], gate: int | None) -> None:
+    """The validation gate: refuse a student that explodes on some latents (nothing is
+    written; the snapshots stay, so a longer run resumes from them)."""
+    exploded = metrics["exploded_end"]
+    if gate is not None and exploded > gate:
+        raise PipelineError(
+            f"{int(exploded)} of {metrics['validation_samples']} validation samples exploded "
+            f"(largest |output| > 1.5x the teacher's), more than "
+            f"distill.validation.max_exploded={gate}; no student was written")
+
+
 def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     """Train; on rank 0 write the student, its grid and curves. The metric networks are
     built on the device the process group chose (one GPU per process under torchrun)."""
@@ -94,6 +107,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
         dist.teardown(procs)
     if not procs.main:
         return StageResult(result.metrics)
+    check_exploded(result.metrics, cfg.validation.max_exploded)
     metrics = {**result.metrics, "stand_in_lpips": int(lpips.stand_in),
                "stand_in_features": int(features.stand_in)}
     with atomic_dir(paths.out) as tmp:

@@ -141,9 +141,11 @@ class Validator:
     (pipeline.metrics.fixed_latents: a smaller sub-network is up-sampled to full size)."""
 
     def __init__(self, teacher: Generator, cfg: Distill, lpips, features, device: torch.device,
-                 batch: int = 8) -> None:
+                 batch: int = 16) -> None:
         v = cfg.validation
-        self.latents = FixedLatents(teacher, v.num_samples, batch, cfg.truncation_psi, v.seed, device)
+        # The training distribution (truncation, style mixing): where a student explodes.
+        self.latents = FixedLatents(teacher, v.num_samples, batch, cfg.truncation_psi, v.seed,
+                                    device, mixing=cfg.style_mixing_prob)
         self.lpips, self.features = lpips, features
         self.kid = stand_in_name("kid", features.stand_in)
         self.teacher_feats = torch.cat([self._feats(t.image) for t in self.latents])
@@ -169,6 +171,13 @@ class Validator:
         with torch.no_grad():
             image = student(t.wplus[:count], [n[:count] for n in t.noise]).float()
         return torch.cat([t.image[:count].float(), image]).cpu()
+
+
+def generator_lr(cfg: Distill, step: int) -> float:
+    """The generator's lr at ``step`` (1-based): constant, or cosine from lr to 0."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / cfg.steps))
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -229,7 +238,8 @@ def distill(
     # Lazy regularisation: R1 every N steps, so Adam sees a scaled lr/betas (StyleGAN2 B.1).
     r1_ratio = cfg.adversarial.r1_every / (cfg.adversarial.r1_every + 1)
     opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr * r1_ratio,
+    lr_d = cfg.adversarial.lr or cfg.lr
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr_d * r1_ratio,
                              betas=tuple(b**r1_ratio for b in cfg.betas)) if use_gan else None
     amp_dtype = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -298,6 +308,8 @@ def distill(
             real = upsample(downsample(real, arch.resolution), student_cfg.resolution)
 
         # Generator phase: imitate the teacher (and fool D).
+        for group in opt_g.param_groups:
+            group["lr"] = generator_lr(cfg, step)
         if disc is not None:
             disc.requires_grad_(False)
         with autocast():

@@ -34,6 +34,17 @@ def test_random_teacher_is_deterministic_for_a_seed_and_differs_across_seeds(tin
     assert not torch.allclose(ia, c(z, noise_mode="const").image)
 
 
+def test_random_teacher_draws_image_like_values_where_a_raw_init_does_not():
+    cfg = StyleGAN2Config.config_f(32, channel_max=32, style_dim=32, n_mlp=4)
+    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(11))  # not the scale's latents
+    image = random_generator(cfg, 2)(z, generator=torch.Generator().manual_seed(12)).image
+    raw = random_generator(cfg, 2, image_like=False)(z, generator=torch.Generator().manual_seed(12)).image
+    assert 0.4 < image.pow(2).mean().sqrt() < 0.6  # RMS 0.5
+    assert (image.abs() > 1).float().mean() < 0.1 and image.abs().max() < 4
+    assert raw.pow(2).mean().sqrt() > 1.0  # what the scale is for
+    torch.testing.assert_close(image / image.pow(2).mean().sqrt(), raw / raw.pow(2).mean().sqrt())
+
+
 def test_given_noise_is_used_and_returned_so_a_student_can_share_it(tiny_teacher):
     z = torch.randn(2, tiny_teacher.cfg.style_dim)
     first = tiny_teacher(z, generator=torch.Generator().manual_seed(5))

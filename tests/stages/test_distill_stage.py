@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -106,3 +108,32 @@ def test_the_metric_networks_go_to_the_device_the_process_group_chose(workdir, t
         stage.run(parse_params(tiny_params()), paths, stages.Context(workdir / "cache", False))
     assert events == ["setup", ("lpips", chosen.device), ("inception", chosen.device),
                       ("distill", chosen)]
+
+
+def test_a_student_that_explodes_on_validation_latents_fails_the_gate_and_writes_nothing(
+        workdir, capsys, tiny_teacher):
+    """A teacher drawing almost black images makes any untrained student 'explode' (its
+    largest value is far above 1.5x the teacher's): the gate refuses it, by its key."""
+    import copy
+
+    import torch
+
+    from pipeline.checkpoints import save_teacher
+
+    dim = copy.deepcopy(tiny_teacher)
+    with torch.no_grad():
+        for rgb in [dim.to_rgb1, *dim.to_rgbs]:
+            rgb.conv.weight.mul_(1e-4)
+            rgb.bias.zero_()
+    save_teacher(dim, workdir / "t.safetensors")
+    params = tiny_params()
+    params["distill"].update(steps=2, validation={"every": 2, "num_samples": 4})
+    assert run(workdir, params, workdir / "t.safetensors") == 2
+    err = capsys.readouterr().err
+    assert "4 of 4 validation samples exploded" in err and "distill.validation.max_exploded=0" in err
+    assert not (workdir / "student").exists() and not (workdir / "m.json").exists()
+    assert list((workdir / "snap").glob("step-*.pt"))  # kept: a longer run resumes from them
+
+    params["distill"]["validation"]["max_exploded"] = None  # report only
+    assert run(workdir, params, workdir / "t.safetensors") == 0
+    assert json.loads((workdir / "m.json").read_text())["exploded_end"] == 4

@@ -249,3 +249,14 @@ def test_the_snapshot_digest_covers_exactly_the_training_code():
                       "pipeline/fetch/http.py", "pipeline/params.py", "pipeline/export/graph.py"):
         assert unrelated not in code
 
+
+
+def test_the_cosine_schedule_starts_at_lr_halves_midway_and_ends_near_zero():
+    from pipeline.params import Distill
+    from pipeline.training.loop import generator_lr
+
+    cfg = Distill(lr=0.02, steps=100, lr_schedule="cosine")
+    assert generator_lr(cfg, 1) == pytest.approx(0.02)
+    assert generator_lr(cfg, 51) == pytest.approx(0.01)
+    assert 0 < generator_lr(cfg, 100) < 1e-5
+    assert generator_lr(cfg.model_copy(update={"lr_schedule": "constant"}), 100) == 0.02
