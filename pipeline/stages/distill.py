@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
