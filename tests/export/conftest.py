@@ -30,8 +30,7 @@ def make_student(teacher, demodulation: str = "fused", head: str = "wavelet",
                 if isinstance(m, FusedLeakyReLU):
                     m.bias.normal_(0, 0.1)
                 if isinstance(m, Head):
-                    m.bias.normal_(0, 0.1)
-                    m.weight.mul_(0.1)
+                    m.bias.normal_(0, 0.1)  # weights: HEAD_INIT already keeps images near [-1, 1]
     return student.eval()
 
 
