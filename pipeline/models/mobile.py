@@ -260,7 +260,7 @@ class IDWTUpsample(nn.Module):
         super().__init__()
         self.modulation = EqualLinear(style_dim, channels, bias_init=1.0)
         # Nothing demodulates this scale: at the convs' unit init, s ~ 1 + N(0, |w|^2/D)
-        # multiplies the features level after level (RMS x5 and x25 spread between latents
+        # multiplies the features level after level (RMS x5, and a x5 spread between latents,
         # by 32x32), and the spread survives training as exploding samples. Start s near 1.
         with torch.no_grad():
             self.modulation.weight.mul_(UP_STYLE_INIT)
