@@ -62,6 +62,7 @@ class SampleGrid(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     truncation_psi: Annotated[float, Field(ge=0, le=1)] = 0.7
     nrow: Annotated[int, Field(ge=1)] = 4
+    batch_size: Annotated[int, Field(ge=1)] = Field(8, description="images drawn at once")
 
 
 class FetchTeacher(Section):
@@ -172,6 +173,9 @@ class Validation(Section):
     num_samples: Annotated[int, Field(ge=2)] = 256
     seed: Annotated[int, Field(ge=0)] = 12345
     grid_samples: Annotated[int, Field(ge=1, le=64)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        16, description="chunk size of the stage's no-grad passes (validation, the demodulation "
+        "calibration): what is held at once, not what is computed")
     max_exploded: Annotated[int, Field(ge=0)] | None = Field(
         0, description="the gate: the stage fails when more validation samples than this "
         "explode at the end (max |student| > 1.5 x max |teacher|); null: report only")
@@ -382,6 +386,8 @@ class ExportParity(Section):
     errors in output units (``output_range``), LPIPS on [-1, 1] images."""
 
     samples: Annotated[int, Field(ge=1, le=64)] = 4
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        4, description="samples run at once, in PyTorch and in each runtime")
     seed: Annotated[int, Field(ge=0)] = 0
     max_abs_err: Annotated[float, Field(gt=0)] = 1e-3
     lpips: Annotated[float, Field(gt=0)] = 0.01

@@ -36,7 +36,7 @@ def inputs(tmp_path, tiny_teacher):
     student = MobileSynthesis(cfg)
     t = teacher_targets(tiny_teacher, 8, 1.0, 0.0, torch.Generator().manual_seed(0),
                         torch.device("cpu"))
-    calibrate_demodulation(student, t.wplus, t.noise)
+    calibrate_demodulation(student, [(t.wplus, t.noise)])
     save_teacher(tiny_teacher, tmp_path / "teacher.safetensors")
     save_student(student, tmp_path / "student.safetensors", {"ema": "true"})
     half, quarter = uniform_widths(cfg, 0.5), uniform_widths(cfg, 0.25)

@@ -32,7 +32,7 @@ def tiny_student(tiny_teacher):
     student = MobileSynthesis(cfg)
     t = teacher_targets(tiny_teacher, 8, 1.0, 0.0, torch.Generator().manual_seed(0),
                         torch.device("cpu"))
-    calibrate_demodulation(student, t.wplus, t.noise)
+    calibrate_demodulation(student, [(t.wplus, t.noise)])
     return student.eval()
 
 

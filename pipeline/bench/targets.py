@@ -53,7 +53,7 @@ def random_student(cfg: StudentConfig, seed: int = 0) -> MobileSynthesis:
         teacher = layout_teacher(cfg.resolution, cfg.style_dim, seed)
         if cfg.demodulation == "fused":
             wplus = torch.randn(2, teacher.cfg.n_latent, cfg.style_dim)
-            calibrate_demodulation(student, wplus, teacher.make_noise(1, "const"))
+            calibrate_demodulation(student, [(wplus, teacher.make_noise(1, "const"))])
     return student
 
 

@@ -94,14 +94,16 @@ def export_onnx(model: ExportModel, path: Path, fp16: bool, opset: int) -> dict[
     return {"opset": opset, "nodes": len(proto.graph.node), "batch": "dynamic"}
 
 
-def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def run_onnx(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Runs ``batch`` samples at a time (None: all at once)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(2, os.cpu_count() or 1)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return torch.from_numpy(np.asarray(session.run([OUTPUT_NAME], {name: x.numpy()})[0]))
+    return torch.cat([torch.from_numpy(np.asarray(session.run([OUTPUT_NAME], {name: c.numpy()})[0]))
+                      for c in x.split(batch or len(x))])
 
 
 # -- ExecuTorch -------------------------------------------------------------------------
@@ -125,8 +127,8 @@ def export_pte(model: ExportModel, path: Path, fp16: bool) -> dict[str, Any]:
             "ops_outside_delegate": outside}
 
 
-def run_pte(path: Path, x: torch.Tensor) -> torch.Tensor:
-    """Runs batch 1 at a time (the program is exported for batch 1)."""
+def run_pte(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Runs batch 1 at a time, whatever ``batch`` (the program is exported for batch 1)."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")

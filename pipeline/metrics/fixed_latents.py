@@ -14,6 +14,7 @@ reported as means with robust statistics beside them (medians, tails, counts).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -24,21 +25,39 @@ from .perceptual import LPIPS
 
 Synthesis = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]  # (W+, noise) -> image
 
+log = logging.getLogger(__name__)
+
+
+def sample_bytes(teacher: Generator) -> int:
+    """What one drawn sample holds: W+, one noise map per layer and the image (float32)."""
+    c = teacher.cfg
+    pixels = 3 * c.resolution**2 + sum(r * r for r in c.noise_resolutions())
+    return 4 * (pixels + c.n_latent * c.style_dim)
+
+
+KEEP_BYTES = 1 << 30  # drawn chunks are held up to this size; beyond it, drawn again per pass
+
 
 class FixedLatents:
     """The same latents, noise and teacher images for every model compared on them, in
     chunks of ``batch_size``. ``keep``: hold the chunks (a few latents scored many times:
     validation, search); otherwise each pass draws them again from the seed (many latents,
-    one pass: evaluate)."""
+    one pass: evaluate). None: hold them when they take at most :data:`KEEP_BYTES` (at
+    1024x1024 a sample's image and noise take 24 MB: a thousand would not fit a GPU)."""
 
     def __init__(self, teacher: Generator, num_samples: int, batch_size: int,
                  truncation_psi: float, seed: int, device: torch.device | str,
-                 keep: bool = True, mixing: float = 0.0) -> None:
+                 keep: bool | None = None, mixing: float = 0.0) -> None:
         self.teacher, self.num_samples, self.batch_size = teacher, num_samples, batch_size
         self.truncation_psi, self.seed, self.device = truncation_psi, seed, device
         self.mixing = mixing  # style-mixing probability of the latents
         self.resolution = teacher.cfg.resolution
-        self._kept = list(self._draw()) if keep else None
+        held = num_samples * sample_bytes(teacher)
+        self.keep = held <= KEEP_BYTES if keep is None else keep
+        if keep is None and not self.keep:
+            log.info("%d fixed latents at %dx%d would hold %.1f GB: drawn again on every pass",
+                     num_samples, self.resolution, self.resolution, held / 1e9)
+        self._kept = list(self._draw()) if self.keep else None
 
     def _draw(self) -> Iterator[Targets]:
         g = torch.Generator().manual_seed(self.seed)
@@ -110,12 +129,19 @@ class PerSample:
 
 
 def mean_distances(model: Synthesis, latents: FixedLatents, lpips: LPIPS,
-                   references: dict[str, list[torch.Tensor] | None] | None = None,
+                   references: dict[str, list[torch.Tensor] | Synthesis | None] | None = None,
                    ) -> dict[str, float]:
-    """Mean distances of ``model`` to each reference: name suffix -> per-chunk images at the
-    full resolution, or None for the teacher's. Default: to the teacher, no suffix."""
+    """Mean distances of ``model`` to each reference, by name suffix: per-chunk images at the
+    full resolution, a model run on each chunk, or None for the teacher's images. Default:
+    to the teacher, no suffix."""
     means = PerSample()
     for i, (t, image) in enumerate(latents.outputs(model)):
         for suffix, ref in (references or {"": None}).items():
-            means.add(distances(image, t.image if ref is None else ref[i], lpips), suffix)
+            if ref is None:
+                ref_image = t.image
+            elif isinstance(ref, list):
+                ref_image = ref[i]
+            else:
+                ref_image = latents.full_size(ref(t.wplus, t.noise))
+            means.add(distances(image, ref_image, lpips), suffix)
     return means.result()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 import torch
@@ -376,22 +377,34 @@ class MobileSynthesis(nn.Module):
 
 
 @torch.no_grad()
-def calibrate_demodulation(student: MobileSynthesis, wplus: torch.Tensor,
-                           noise: list[torch.Tensor]) -> None:
-    """Data-dependent init of every fused demodulation: style_inv = RMS over the batch of
+def calibrate_demodulation(student: MobileSynthesis,
+                           chunks: Iterable[tuple[torch.Tensor, list[torch.Tensor]]]) -> None:
+    """Data-dependent init of every fused demodulation: style_inv = RMS over all samples of
     the styles s that conv really receives, so fused starts out as exact demodulation on
-    average (at init 1 the mismatch compounds layer after layer into huge activations)."""
-
-    def calibrate(module: ModulatedConv, args) -> None:
-        module.style_inv.copy_(module.modulation(args[1]).pow(2).mean(0).sqrt())
-
-    hooks = [m.register_forward_pre_hook(calibrate) for m in student.modules()
+    average (at init 1 the mismatch compounds layer after layer into huge activations).
+    ``chunks`` yields (W+, noise) batches: s depends on w alone, so the mean of s^2 is
+    accumulated chunk by chunk and any number of samples fits in memory."""
+    convs = [m for m in student.modules()
              if isinstance(m, ModulatedConv) and m.demodulation == "fused"]
+    sums: dict[ModulatedConv, torch.Tensor] = {}
+    count = 0
+
+    def accumulate(module: ModulatedConv, args) -> None:
+        s2 = module.modulation(args[1]).double().pow(2).sum(0)
+        sums[module] = sums[module] + s2 if module in sums else s2
+
+    hooks = [m.register_forward_pre_hook(accumulate) for m in convs]
     try:
-        student(wplus, noise)  # hooks fire coarse to fine, each seeing calibrated inputs
+        for wplus, noise in chunks:
+            student(wplus, noise)
+            count += len(wplus)
     finally:
         for h in hooks:
             h.remove()
+    if not count:
+        raise ValueError("calibrate_demodulation needs at least one sample")
+    for m in convs:
+        m.style_inv.copy_((sums[m] / count).sqrt())
 
 
 def fold_demodulation(student: MobileSynthesis) -> MobileSynthesis:

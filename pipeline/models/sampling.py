@@ -10,6 +10,7 @@ would be shown (see pipeline.metrics.fixed_latents).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,20 @@ def teacher_targets(
         crossover = int(torch.randint(1, n, (), generator=generator))
     out = teacher(z, truncation_psi, z_mix, crossover, noise_mode="random", generator=generator)
     return Targets(out.wplus, out.noise, out.image)
+
+
+@torch.no_grad()
+def teacher_styles(
+    teacher: Generator, num_samples: int, batch: int, truncation_psi: float,
+    generator: torch.Generator, device: torch.device,
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """(W+, constant noise) in chunks of ``batch`` from fresh z, without the teacher's
+    synthesis network: for what needs the styles only (the demodulation calibration)."""
+    noise = [n.to(device) for n in teacher.make_noise(1, "const")]
+    for start in range(0, num_samples, batch):
+        z = torch.randn(min(batch, num_samples - start), teacher.cfg.style_dim, generator=generator)
+        w = teacher.truncate(teacher.mapping(z.to(device)), truncation_psi)
+        yield teacher.broadcast(w), noise
 
 
 def downsample(image: torch.Tensor, size: int) -> torch.Tensor:

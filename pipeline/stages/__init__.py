@@ -11,8 +11,9 @@ Every stage module has the same shape:
     run(params, paths, ctx) -> StageResult
 
 :func:`execute` runs one inside its MLflow run and does what every stage does after
-its work: write ``metrics/<stage>.json``, log the metrics, tags and artifacts, and set
-the one ``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
+its work: add its cost (``seconds``, ``peak_rss_gb``, ``peak_gpu_gb`` on a GPU:
+pipeline/usage.py), write ``metrics/<stage>.json``, log the metrics, tags and artifacts,
+and set the one ``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .. import tracking
+from .. import tracking, usage
 from ..io import write_json
 from ..params import Params
 
@@ -68,7 +69,14 @@ def execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | P
                             tags={"profile": params.profile}) as tracker:
         for section in stage.SHARED:
             tracker.log_params(getattr(params, section), prefix=f"{section}.")
-        result = stage.run(params, paths, Context(Path(cache_dir), progress, tracker))
+        cost: dict[str, float] = {}
+        try:
+            with usage.measured() as cost:
+                result = stage.run(params, paths, Context(Path(cache_dir), progress, tracker))
+        except BaseException:
+            tracker.log_metrics(cost)  # a failed run shows what it cost too
+            raise
+        result.metrics.update(cost)
         write_json(metrics_path, result.metrics)
         tracker.log_metrics(result.metrics)
         tracker.set_tags({**result.tags, "stand_in_weights": str(bool(result.stand_ins)).lower()})

@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .. import cost
+from .. import cost, usage
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..data import RealImages
@@ -130,8 +129,10 @@ def sample_models(models: list[Model], latents: FixedLatents, features: Inceptio
                   lpips: LPIPS, grid_samples: int, progress: bool = True) -> Samples:
     """Every model on every chunk of ``latents`` (the teacher runs once per chunk)."""
     out = Samples()
-    bar = tqdm(total=len(latents), desc="evaluate", unit="img", disable=not progress,
-               dynamic_ncols=True)
+    r = latents.resolution
+    usage.announce("evaluate", f"{len(latents)} samples x {len(models)} models at {r}x{r} on "
+                   f"{torch.device(latents.device).type}, {latents.batch_size} at a time")
+    bar = usage.Progress("evaluate", len(latents), "img", progress)
     for t in latents:
         for m in models:
             image = latents.full_size(t.image if m.kind == "teacher" else m.net(t.wplus, t.noise))
@@ -162,8 +163,7 @@ def reference_stats(cfg: Evaluate, teacher: Generator, teacher_sha256: str,
         def compute() -> np.ndarray:
             g = torch.Generator().manual_seed(ref.seed)
             feats, done = [], 0
-            bar = tqdm(total=ref.num_samples, desc="reference", unit="img",
-                       disable=not progress, dynamic_ncols=True)
+            bar = usage.Progress("reference", ref.num_samples, "img", progress)
             while done < ref.num_samples:
                 n = min(cfg.batch_size, ref.num_samples - done)
                 t = teacher_targets(teacher, n, cfg.truncation_psi, 0.0, g, device)
@@ -182,10 +182,12 @@ def reference_stats(cfg: Evaluate, teacher: Generator, teacher_sha256: str,
     @torch.no_grad()
     def compute_folder() -> np.ndarray:
         feats = []
-        for start in tqdm(range(0, len(files), cfg.batch_size), desc="reference", unit="batch",
-                          disable=not progress, dynamic_ncols=True):
+        bar = usage.Progress("reference", len(files), "img", progress)
+        for start in range(0, len(files), cfg.batch_size):
             batch = torch.stack([images.load(p) for p in files[start:start + cfg.batch_size]])
             feats.append(features(batch.to(device)).double().cpu().numpy())
+            bar.update(len(batch))
+        bar.close()
         return np.concatenate(feats)
 
     return cached_stats(cache_dir, parts, f"{len(files)} images in {ref.path}", compute_folder)

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from .. import cost
+from .. import cost, usage
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..errors import PipelineError
@@ -146,6 +147,11 @@ def parity_inputs(teacher: Generator, cfg: Export) -> dict[InputKind, torch.Tens
 
 
 # -- one model ---------------------------------------------------------------------------
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+    """``fn`` over ``x`` in chunks of ``size`` samples (what a high resolution holds at once)."""
+    return torch.cat([fn(c) for c in x.split(size)])
+
+
 def _to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:
     low, high = output_range
     return (image.float() - (high + low) / 2) * (2 / (high - low))
@@ -160,8 +166,10 @@ def export_model(spec: ModelSpec, teacher: Generator, cfg: Export, formats: list
         model = build(spec.network, teacher, kind, cfg.output_range, cfg.truncation_psi)
         x = inputs[kind]
         with torch.no_grad():
-            expected = reference(spec.network, teacher, kind, x, cfg.output_range, cfg.truncation_psi)
-            graph_err = float((model(x) - expected).abs().max())
+            n = cfg.parity.batch_size
+            expected = chunked(lambda c, kind=kind: reference(
+                spec.network, teacher, kind, c, cfg.output_range, cfg.truncation_psi), x, n)
+            graph_err = float((chunked(model, x, n) - expected).abs().max())
         for fp16 in (False, True) if cfg.fp16 else (False,):
             for fmt in formats:
                 path = folder / f"{kind}{'.fp16' if fp16 else ''}{SUFFIX[fmt]}"
@@ -191,7 +199,7 @@ def check(name: str, path: Path, fmt: Format, x: torch.Tensor, expected: torch.T
           cfg: Export, lpips: LPIPS) -> dict[str, Any]:
     """Run ``path`` in its runtime; ParityError when it is off by more than the tolerances."""
     try:
-        out = RUNNERS[fmt](path, x).float()
+        out = RUNNERS[fmt](path, x, cfg.parity.batch_size).float()
     except Exception as e:
         raise ParityError(f"{name}/{path.name}: {fmt} runtime failed to run it: "
                           f"{type(e).__name__}: {e}") from e
@@ -200,8 +208,10 @@ def check(name: str, path: Path, fmt: Format, x: torch.Tensor, expected: torch.T
                           f"expected {list(expected.shape)}")
     err = float((out - expected).abs().max()) if torch.isfinite(out).all() else float("inf")
     with torch.no_grad():
-        dist = float(lpips(_to_symmetric(out, cfg.output_range),
-                           _to_symmetric(expected, cfg.output_range)).max())
+        dist = max(float(lpips(_to_symmetric(o, cfg.output_range),
+                               _to_symmetric(e, cfg.output_range)).max())
+                   for o, e in zip(out.split(cfg.parity.batch_size),
+                                   expected.split(cfg.parity.batch_size), strict=True))
     p = cfg.parity
     max_err, max_lpips = (p.fp16_max_abs_err, p.fp16_lpips) if fp16 else (p.max_abs_err, p.lpips)
     if not err <= max_err or not dist <= max_lpips:
@@ -319,6 +329,10 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     if configs_path is not None and configs_path.is_file():
         source.update(search_configs=str(configs_path), search_configs_sha256=sha256_file(configs_path))
     models: dict[str, Any] = {}
+    per_model = len(cfg.inputs) * (2 if cfg.fp16 else 1) * len(formats)
+    usage.announce("export", f"{len(specs)} model(s) x {per_model} files at "
+                   f"{student.cfg.resolution}x{student.cfg.resolution}, each checked on "
+                   f"{cfg.parity.samples} samples ({cfg.parity.batch_size} at a time)")
     with atomic_dir(out_dir) as tmp:
         for spec in specs:
             records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs)

@@ -80,7 +80,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     counts = parameter_counts(generator)
     arch = generator.cfg
     s = cfg.samples
-    images = teacher_samples(generator, s.count, s.seed, s.truncation_psi)
+    images = teacher_samples(generator, s.count, s.seed, s.truncation_psi, s.batch_size)
     if not torch.isfinite(images).all():
         raise ValueError("teacher produced NaN/inf images from the sample seeds")
     metadata: dict[str, Any] = {

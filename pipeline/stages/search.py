@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from .. import usage
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..cost import count_student
@@ -135,7 +135,9 @@ class Evaluator:
         self.student, self.lpips = student.to(device).eval(), lpips
         self.latents = FixedLatents(teacher, cfg.num_samples, cfg.batch_size,
                                     cfg.truncation_psi, cfg.seed, device)
-        self.full = [image for _, image in self.latents.outputs(self.student)]
+        # The full student's images are held with the latents, or recomputed per candidate.
+        self.full = ([image for _, image in self.latents.outputs(self.student)]
+                     if self.latents.keep else self.student)
         self.cache: dict[Candidate, dict[str, float]] = {}
 
     def __call__(self, c: Candidate) -> dict[str, float]:
@@ -244,13 +246,11 @@ def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cf
     uniform, ratio = uniform_baseline(space, budget)
     rng = random.Random(f"{cfg.evolution.seed}/{name}")
     history: list[float] = []
-    bar = tqdm(total=cfg.evolution.generations, desc=f"search {name}", unit="gen",
-               disable=not progress, dynamic_ncols=True)
+    bar = usage.Progress(f"search {name}", cfg.evolution.generations, "generation", progress)
 
     def generation(gen: int, best: Scored) -> None:
         history.append(best.distances[key])
-        bar.update(1)
-        bar.set_postfix({key: f"{best.distances[key]:.4f}", "GMAC": f"{best.macs / 1e9:.3f}"})
+        bar.update(1, **{key: f"{best.distances[key]:.4f}", "GMAC": f"{best.macs / 1e9:.3f}"})
         if on_generation:
             on_generation(gen, best)
 
@@ -269,7 +269,14 @@ def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
     budgets = resolve_budgets(cfg.budgets, space)
     evaluator = Evaluator(student, teacher, lpips, cfg, device)
     full_macs, full_params = space.cost(space.full)
-    full = Scored(space.full, full_macs, full_params, evaluator(space.full))
+    seconds = usage.seconds_per_call(lambda: evaluator(space.full), device)
+    full = Scored(space.full, full_macs, full_params, evaluator(space.full))  # cached now
+    evo, r = cfg.evolution, student.cfg.resolution
+    most = len(budgets) * evo.population * evo.generations
+    usage.announce("search", f"{len(budgets)} budget(s) x at most {evo.population} x "
+                   f"{evo.generations} candidates, {cfg.num_samples} samples each at {r}x{r} "
+                   f"on {torch.device(device).type}", most * seconds,
+                   f"at most: the full student's scoring took {usage.duration(seconds)}")
     results = [search_budget(name, macs, space, evaluator, cfg, progress,
                              (lambda g, s, name=name: on_generation(name, g, s))
                              if on_generation else None)

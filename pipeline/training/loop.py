@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from .. import usage
 from ..code import ROOT, import_closure
 from ..data import RealImages
 from ..errors import PipelineError
@@ -52,13 +52,15 @@ from ..models.elastic import (
     uniform_widths,
 )
 from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
-from ..models.sampling import downsample, teacher_targets, upsample
+from ..models.sampling import downsample, teacher_styles, teacher_targets, upsample
 from ..models.stylegan2 import Generator, derived_seed
 from ..params import Distill
 from . import checkpoint, dist
 from .loss import DistillLoss
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_SAMPLES = 64  # W+ the fused demodulation is calibrated on (in validation chunks)
 
 
 class DivergenceError(PipelineError):
@@ -109,6 +111,7 @@ def settings_digest(cfg: Distill, teacher_sha256: str, world: int) -> str:
     cadence), the teacher, the number of processes and the training code."""
     data = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "log_every"})
     data["validation"].pop("every")
+    data["validation"].pop("batch_size")  # chunking: the same figures, less memory
     data["adversarial"].pop("real_workers", None)  # how many processes decode: not what they draw
     blob = json.dumps({"distill": data, "teacher": teacher_sha256, "world": world,
                        "code": code_digest()}, sort_keys=True)
@@ -140,12 +143,12 @@ class Validator:
     """Fixed latents + fixed noise: the EMA student against the teacher, every time the same
     (pipeline.metrics.fixed_latents: a smaller sub-network is up-sampled to full size)."""
 
-    def __init__(self, teacher: Generator, cfg: Distill, lpips, features, device: torch.device,
-                 batch: int = 16) -> None:
+    def __init__(self, teacher: Generator, cfg: Distill, lpips, features,
+                 device: torch.device) -> None:
         v = cfg.validation
         # The training distribution (truncation, style mixing): where a student explodes.
-        self.latents = FixedLatents(teacher, v.num_samples, batch, cfg.truncation_psi, v.seed,
-                                    device, mixing=cfg.style_mixing_prob)
+        self.latents = FixedLatents(teacher, v.num_samples, v.batch_size, cfg.truncation_psi,
+                                    v.seed, device, mixing=cfg.style_mixing_prob)
         self.lpips, self.features = lpips, features
         self.kid = stand_in_name("kid", features.stand_in)
         self.teacher_feats = torch.cat([self._feats(t.image) for t in self.latents])
@@ -166,11 +169,14 @@ class Validator:
         return {**means.result(), self.kid: kid_mean}
 
     def grid_pairs(self, student: MobileSynthesis, count: int) -> torch.Tensor:
-        """Teacher row above student row, same latents."""
-        t = next(iter(self.latents))
-        with torch.no_grad():
-            image = student(t.wplus[:count], [n[:count] for n in t.noise]).float()
-        return torch.cat([t.image[:count].float(), image]).cpu()
+        """Teacher row above student row, same latents (the first ``count``, chunk by chunk)."""
+        teacher, images = [], []
+        for t, image in self.latents.outputs(student):
+            teacher.append(t.image.float().cpu())
+            images.append(image.cpu())
+            if sum(len(x) for x in images) >= count:
+                break
+        return torch.cat([torch.cat(teacher)[:count], torch.cat(images)[:count]])
 
 
 def generator_lr(cfg: Distill, step: int) -> float:
@@ -220,9 +226,9 @@ def distill(
     batch = cfg.batch_size // ctx.world
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = MobileSynthesis(student_cfg).to(device).train()
-    calib = teacher_targets(teacher, 64, cfg.truncation_psi, 0.0,
-                            torch.Generator().manual_seed(cfg.seed), device)
-    calibrate_demodulation(student, calib.wplus, calib.noise)  # overwritten when resuming
+    calibrate_demodulation(student, teacher_styles(  # overwritten when resuming
+        teacher, CALIBRATION_SAMPLES, cfg.validation.batch_size, cfg.truncation_psi,
+        torch.Generator().manual_seed(cfg.seed), device))
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     el = cfg.elastic
     elastic = Elastic(student) if el.enabled else None
@@ -284,8 +290,12 @@ def distill(
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else (
         contextlib.nullcontext)
     wavelet_heads = student_cfg.head == "wavelet"
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and ctx.main),
-               desc="distill", unit="step", dynamic_ncols=True)
+    r = student_cfg.resolution
+    if ctx.main:
+        usage.announce("distill", f"steps {start_step + 1}-{cfg.steps} x batch {cfg.batch_size} "
+                       f"at {r}x{r} on {device.type} ({ctx.world} process(es)), validating "
+                       f"{cfg.validation.num_samples} samples every {cfg.validation.every} steps")
+    bar = usage.Progress("distill", cfg.steps, "step", progress, start_step, quiet=not ctx.main)
     t0, images_seen = time.perf_counter(), 0
     full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)
     reals = None if real_images is None else real_images.batches(
@@ -359,7 +369,6 @@ def distill(
             row = {k: dist.mean(v.item(), ctx, device) for k, v in parts.items()}
             if ctx.main:
                 history.losses.append({"step": step, **row})
-                bar.set_postfix(g=f"{row['total_g']:.3f}", lpips=f"{row.get('perceptual', 0):.3f}")
                 if on_log:
                     on_log(row, step)
         if ctx.main and (step % cfg.validation.every == 0 or step == cfg.steps):
@@ -379,7 +388,7 @@ def distill(
             else:
                 _gather_sampler_states(sampler, ctx)
             dist.barrier(ctx)
-        bar.update(1)
+        bar.update(1, g=f"{parts['total_g'].item():.3f}")
     bar.close()
     if reals is not None:
         reals.close()  # stops the decoding workers
