@@ -147,6 +147,9 @@ def test_the_stage_writes_configs_metrics_plots_and_logs_to_mlflow(
               if r.data.tags.get("stage") == "search"]
     assert run.data.tags["stand_in_weights"] == "true"
     assert "budgets.half.lpips_alex_randinit" in run.data.metrics
+    assert run.data.metrics["seconds"] == m["seconds"] > 0  # every stage reports its cost
+    assert run.data.metrics["peak_rss_gb"] == m["peak_rss_gb"] > 0.1
+    assert "search: 2 budget(s) x at most" in proc.stderr  # the estimate before the work
     history = client.get_metric_history(run.info.run_id, "best_fitness/half")
     assert [h.step for h in history] == list(range(params["search"]["evolution"]["generations"]))
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "search")}
@@ -158,6 +161,24 @@ def test_the_stage_writes_configs_metrics_plots_and_logs_to_mlflow(
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "search.budgets.tiny" in proc.stderr
     assert json.loads((out / "configs.json").read_text()) == configs
+
+
+def test_latents_too_large_to_keep_are_scored_the_same(tiny_student, tiny_teacher, lpips,
+                                                       monkeypatch):
+    """At high resolutions the fixed latents are drawn again per candidate and the full
+    student's images recomputed, not held: the same figures, bounded memory."""
+    from pipeline.metrics import fixed_latents
+    from pipeline.models.elastic import uniform_widths
+    from pipeline.stages.search import Candidate, Evaluator
+
+    cfg = parse_params({**tiny_params(), "search": tiny_search()}).search
+    half = Candidate(tuple(uniform_widths(tiny_student.cfg, 0.5)), 16)
+    kept = Evaluator(tiny_student, tiny_teacher, lpips, cfg, torch.device("cpu"))
+    monkeypatch.setattr(fixed_latents, "KEEP_BYTES", 0)
+    drawn = Evaluator(tiny_student, tiny_teacher, lpips, cfg, torch.device("cpu"))
+    assert kept.latents.keep and not drawn.latents.keep and not isinstance(drawn.full, list)
+    for c in (half, Candidate(tuple(tiny_student.cfg.full_widths), 32)):
+        assert drawn(c) == pytest.approx(kept(c), rel=1e-5, abs=1e-6)
 
 
 def test_uptorgb_students_are_searched_with_their_own_cost(tiny_teacher, lpips):

@@ -7,9 +7,15 @@ import torch
 import torch.nn.functional as F
 
 
-def d_logistic_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
-    """L_D = E[softplus(D(G(z)))] + E[softplus(-D(x))] = -E[log(1 - s(D(G(z))))] - E[log s(D(x))]."""
-    return F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
+def d_fake_loss(fake_pred: torch.Tensor) -> torch.Tensor:
+    """D's logistic loss on fakes, E[softplus(D(G(z)))] = -E[log(1 - s(D(G(z))))]."""
+    return F.softplus(fake_pred).mean()
+
+
+def d_real_loss(real_pred: torch.Tensor) -> torch.Tensor:
+    """D's logistic loss on reals, E[softplus(-D(x))] = -E[log s(D(x))]; L_D is the sum of
+    both (kept apart so each can be back-propagated on its own)."""
+    return F.softplus(-real_pred).mean()
 
 
 def g_nonsaturating_loss(fake_pred: torch.Tensor) -> torch.Tensor:

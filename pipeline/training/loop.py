@@ -224,6 +224,11 @@ def distill(
             f"distill.batch_size ({cfg.batch_size}) must divide evenly over {ctx.world} processes"
         )
     batch = cfg.batch_size // ctx.world
+    r = student_cfg.resolution
+    if ctx.main:
+        usage.announce("distill", f"{cfg.steps} steps x batch {cfg.batch_size} at {r}x{r} on "
+                       f"{device.type} ({ctx.world} process(es)), validating "
+                       f"{cfg.validation.num_samples} samples every {cfg.validation.every} steps")
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = MobileSynthesis(student_cfg).to(device).train()
     calibrate_demodulation(student, teacher_styles(  # overwritten when resuming
@@ -290,11 +295,6 @@ def distill(
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else (
         contextlib.nullcontext)
     wavelet_heads = student_cfg.head == "wavelet"
-    r = student_cfg.resolution
-    if ctx.main:
-        usage.announce("distill", f"steps {start_step + 1}-{cfg.steps} x batch {cfg.batch_size} "
-                       f"at {r}x{r} on {device.type} ({ctx.world} process(es)), validating "
-                       f"{cfg.validation.num_samples} samples every {cfg.validation.every} steps")
     bar = usage.Progress("distill", cfg.steps, "step", progress, start_step, quiet=not ctx.main)
     t0, images_seen = time.perf_counter(), 0
     full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)
@@ -348,19 +348,19 @@ def distill(
         # Discriminator phase: teacher (or real) images vs the student's.
         if disc is not None:
             disc.requires_grad_(True)
-            with autocast():
-                loss_d, d_parts = loss_fn.discriminator_loss(disc, out.image.float(), real, sampler,
-                                                             cond)
-            if step % cfg.adversarial.r1_every == 0 and cfg.adversarial.r1_gamma > 0:
-                loss_r1, r1_parts = loss_fn.r1_loss(disc, real, cfg.adversarial.r1_every, cond)
-                loss_d = loss_d + loss_r1
-                d_parts.update(r1_parts)
-            _check_finite(loss_d, step, snapshot_dir)
             opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
+            adv = cfg.adversarial
+            r1_every = adv.r1_every if step % adv.r1_every == 0 and adv.r1_gamma > 0 else 0
+            for term in loss_fn.discriminator_terms(disc, out.image.float(), real, sampler, cond,
+                                                    r1_every):
+                with autocast():
+                    loss_d, d_parts = term()
+                _check_finite(loss_d, step, snapshot_dir)
+                scaler.scale(loss_d).backward()
+                parts.update(d_parts)
+            parts["gan_d"] = parts["gan_d_fake"] + parts["gan_d_real"]
             dist.average_gradients(disc, ctx)
             scaler.step(opt_d)
-            parts.update(d_parts)
         scaler.update()
         _ema_update(ema, student, cfg.ema_decay)
         images_seen += batch * ctx.world

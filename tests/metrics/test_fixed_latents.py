@@ -68,3 +68,21 @@ def test_a_few_exploding_samples_show_in_the_tails_and_the_count(lpips):
     assert r["pixel_l1_median"] == pytest.approx(0.05, abs=1e-4)
     assert r["pixel_l1_max"] > 10 and r["pixel_l1"] > 10 * r["pixel_l1_median"]
     assert r["psnr_p10"] < r["psnr_median"] and math.isfinite(r["psnr_p10"])
+
+
+def test_latents_that_would_not_fit_are_drawn_again_each_pass(tiny_teacher, monkeypatch):
+    """By default the chunks are held only up to KEEP_BYTES (a sample at 1024x1024 holds
+    24 MB of image and noise): beyond it every pass draws the same ones again."""
+    from pipeline.metrics import fixed_latents
+
+    c = tiny_teacher.cfg
+    per_sample = fixed_latents.sample_bytes(tiny_teacher)
+    assert per_sample == 4 * (3 * 32 * 32 + sum(r * r for r in c.noise_resolutions())
+                              + c.n_latent * c.style_dim)
+    assert FixedLatents(tiny_teacher, 10, 4, 1.0, seed=3, device="cpu").keep
+    monkeypatch.setattr(fixed_latents, "KEEP_BYTES", 9 * per_sample)
+    drawn = FixedLatents(tiny_teacher, 10, 4, 1.0, seed=3, device="cpu")
+    assert not drawn.keep
+    first, again = list(drawn), list(drawn)
+    assert all(torch.equal(a.image, b.image) for a, b in zip(first, again, strict=True))
+    assert FixedLatents(tiny_teacher, 9, 4, 1.0, seed=3, device="cpu").keep

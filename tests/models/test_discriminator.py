@@ -7,7 +7,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models.discriminator import Discriminator
-from pipeline.training.gan_loss import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from pipeline.training.gan_loss import d_fake_loss, d_real_loss, g_nonsaturating_loss, r1_penalty
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 64])
@@ -53,10 +53,11 @@ def test_r1_penalty_positive_with_gradient_to_d():
 
 def test_gan_losses():
     real, fake = torch.tensor([3.0, 2.0]), torch.tensor([-3.0, -2.0])
-    assert d_logistic_loss(real, fake) < d_logistic_loss(fake, real)
+    assert d_real_loss(real) + d_fake_loss(fake) < d_real_loss(fake) + d_fake_loss(real)
     assert g_nonsaturating_loss(real) < g_nonsaturating_loss(fake)
     zero = torch.zeros(2)
-    assert d_logistic_loss(zero, zero).item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    log2 = torch.log(torch.tensor(2.0)).item()
+    assert d_real_loss(zero).item() == pytest.approx(log2) == d_fake_loss(zero).item()
 
 
 @pytest.mark.parametrize("bad", [4, 24])

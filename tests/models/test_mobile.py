@@ -151,3 +151,33 @@ def test_folding_fused_demodulation_gives_the_same_images(input_layer):
 def test_invalid_student_configs_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         StudentConfig(style_dim=8, **bad)
+
+
+def test_calibration_in_chunks_is_the_calibration_of_one_batch(tiny_teacher):
+    """style_inv = RMS of each fused conv's styles over all samples, accumulated chunk by
+    chunk (at 1024x1024 a batch of 64 never fits), from the teacher's mapping alone."""
+    from pipeline.models.mobile import ModulatedConv, calibrate_demodulation
+    from pipeline.models.sampling import teacher_styles
+
+    cfg = StudentConfig.from_teacher(tiny_teacher.cfg.channels, 32, tiny_teacher.cfg.style_dim)
+    torch.manual_seed(0)
+    one, chunked = MobileSynthesis(cfg), MobileSynthesis(cfg)
+    chunked.load_state_dict(one.state_dict())
+
+    def styles(batch):
+        return teacher_styles(tiny_teacher, 24, batch, 1.0, torch.Generator().manual_seed(5), "cpu")
+
+    calibrate_demodulation(one, styles(24))
+    calibrate_demodulation(chunked, styles(5))
+    convs = [(a, b) for a, b in zip(one.modules(), chunked.modules(), strict=True)
+             if isinstance(a, ModulatedConv) and a.demodulation == "fused"]
+    assert convs
+    (wplus, _), = list(styles(24))
+    first = one.conv1.conv  # the 4x4 conv sees W+ entry 0
+    assert torch.allclose(first.style_inv, first.modulation(wplus[:, 0]).pow(2).mean(0).sqrt(),
+                          rtol=1e-5)
+    for a, b in convs:
+        assert torch.allclose(a.style_inv, b.style_inv, rtol=1e-5)
+        assert not torch.allclose(a.style_inv, torch.ones_like(a.style_inv))
+    with pytest.raises(ValueError, match="at least one sample"):
+        calibrate_demodulation(one, [])
