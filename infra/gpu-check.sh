@@ -6,9 +6,10 @@
 # RSS, and whether the generator loss fell. Run it once on a machine with a GPU:
 #
 #   bash infra/gpu-check.sh [STEPS] [OUT]          # defaults: 300 steps, .gpu-check/
-#   SHAPES=ffhq256-shape bash infra/gpu-check.sh   # one shape only
+#   SHAPES=ffhq256-shape bash infra/gpu-check.sh   # one shape only (a name in profiles/
+#                                                  # or a profile's .yaml path)
 #
-# On a CPU it runs too (the test suite runs it for 2 steps), only slowly and in fp32.
+# On a CPU it runs too, only slowly and in fp32 (the test suite runs it on a tiny profile).
 set -euo pipefail
 steps=${1:-300}
 out=${2:-.gpu-check}
@@ -20,7 +21,7 @@ out=$(cd "$out" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$out/mlflow.db}
 
 for shape in $shapes; do
-  dir=$out/$shape
+  dir=$out/$(basename "$shape" .yaml)
   rm -rf "$dir" && mkdir -p "$dir"
   # The shape profile, run long enough for a falling loss: a batch per GPU-sized step,
   # validation and a snapshot at the end only.
@@ -33,8 +34,9 @@ import yaml
 from pipeline.params import deep_merge, parse_params
 
 shape, steps, dest = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+profile = Path(shape) if shape.endswith(".yaml") else Path(f"profiles/{shape}.yaml")
 params = deep_merge(yaml.safe_load(Path("params.yaml").read_text()),
-                    yaml.safe_load(Path(f"profiles/{shape}.yaml").read_text()))
+                    yaml.safe_load(profile.read_text()))
 params["distill"].update(
     steps=steps, batch_size=8 if "256" in shape else 4, precision="auto",
     checkpoint_every=steps, log_every=max(1, steps // 20),
@@ -62,7 +64,7 @@ from pathlib import Path
 import torch
 import yaml
 
-out, shapes = Path(sys.argv[1]), sys.argv[2:]
+out, shapes = Path(sys.argv[1]), [Path(s).name.removesuffix(".yaml") for s in sys.argv[2:]]
 device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (fp32)"
 print(f"\nGPU check on {device}, torch {torch.__version__}")
 print("loss: the generator's total at the first logged step and at the last step before the\n"

@@ -5,9 +5,8 @@ memory bound, and the 256 shape profile through all five stages as users run it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 import yaml
@@ -16,7 +15,7 @@ from pipeline.checkpoints.project import save_teacher
 from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
 from pipeline.params import deep_merge, parse_params
 from pipeline.stages import STAGES
-from tests.conftest import REPO, copy_repo, env_with_venv
+from tests.conftest import REPO, copy_repo, env_with_venv, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ def test_distill_at_the_1024_architecture_runs_in_bounded_memory(tmp_path):
     env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [f"{Path(os.sys.executable)}", "-m", "components.distill", "--no-progress",
+        [sys.executable, "-m", "components.distill", "--no-progress",
          "--params", str(tmp_path / "params.yaml"), "--teacher", str(tmp_path / "teacher.safetensors"),
          "--out", str(tmp_path / "student"), "--snapshots", str(tmp_path / "snapshots"),
          "--plots", str(tmp_path / "plots"), "--metrics", str(tmp_path / "distill.json")],
@@ -92,14 +91,19 @@ def test_ffhq256_shape_profile_runs_all_five_stages(tmp_path):
 
 def test_gpu_check_script_runs_and_reports(tmp_path):
     """infra/gpu-check.sh, the check a session with a GPU runs, here on the CPU for 2 steps
-    at the 256 shapes: it must work before anyone spends device time on it."""
-    env = env_with_venv(SHAPES="ffhq256-shape", PYTHON=os.sys.executable,
+    on a tiny profile: it must work before anyone spends device time on it."""
+    profile = {"profile": "tiny-shape", "fetch_teacher": tiny_params()["fetch_teacher"],
+               "distill": {"lpips": "alex", "adversarial": {"channel_max": 16},
+                           "elastic": {"min_resolution": 16}}}
+    (tmp_path / "tiny-shape.yaml").write_text(yaml.safe_dump(profile))
+    env = env_with_venv(SHAPES=str(tmp_path / "tiny-shape.yaml"), PYTHON=sys.executable,
                         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = subprocess.run(["bash", str(REPO / "infra/gpu-check.sh"), "2", str(tmp_path / "out")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(["bash", str(REPO / "infra/gpu-check.sh"), "4", str(tmp_path / "out")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (row,) = [line for line in result.stdout.splitlines() if line.startswith("ffhq256-shape")]
-    assert row.split()[1] == "2"  # steps
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("tiny-shape")]
+    assert row.split()[1] == "4"  # steps
     assert "GPU check on cpu (fp32)" in result.stdout
-    distilled = json.loads((tmp_path / "out/ffhq256-shape/distill.json").read_text())
-    assert distilled["images_per_second"] > 0 and distilled["peak_rss_gb"] > 0
+    distilled = json.loads((tmp_path / "out/tiny-shape/distill.json").read_text())
+    assert distilled["steps"] == 4 and distilled["peak_rss_gb"] > 0
+    assert "peak_gpu_gb" not in distilled
