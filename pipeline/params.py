@@ -4,9 +4,11 @@ Every section is a pydantic model with ``extra="forbid"``, so a misspelt key, a
 wrong type or an impossible value fails with a message naming the key path
 (``fetch_teacher.random.resolution``) and what was expected.
 
-Profiles (``profiles/*.yaml``) are partial overrides of the default
-``params.yaml``; ``python -m pipeline.params overrides PROFILE`` prints them as
-``-S key=value`` arguments for ``dvc exp run``.
+A params file names every top-level section (see ``Params``); a key repeated in
+one mapping is refused rather than the last one silently winning. Profiles
+(``profiles/*.yaml``) are partial overrides of the default ``params.yaml``;
+``python -m pipeline.params overrides PROFILE`` prints them as ``-S key=value``
+arguments for ``dvc exp run``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InvalidKey(ValueError):
+    """A cross-field check's failure blamed on ``key``, a dotted path inside the section that
+    checks it: the message then names that key, not the whole section."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class RandomTeacher(Section):
@@ -93,7 +104,8 @@ class FetchTeacher(Section):
     @model_validator(mode="after")
     def _pin_needs_bytes(self) -> FetchTeacher:
         if self.is_random and self.sha256:
-            raise ValueError("sha256 pins a downloaded file; the random: source has none")
+            raise InvalidKey("sha256", f"must be null: the random: source has no downloaded file "
+                             f"to pin, got {self.sha256!r}")
         return self
 
     @property
@@ -104,7 +116,7 @@ class FetchTeacher(Section):
 class StudentArch(Section):
     """The student's architecture, relative to the teacher it imitates."""
 
-    channels: dict[int, int] | None = Field(
+    channels: dict[int, Annotated[int, Field(ge=1)]] | None = Field(
         None, description="channels per feature resolution 4..R/2; null = MobileStyleGAN's "
         "choice (the teacher's channels at each resolution)")
     width: Annotated[float, Field(gt=0, le=4)] = 1.0
@@ -205,7 +217,7 @@ class ElasticTraining(Section):
     def _check(self) -> ElasticTraining:
         r = self.min_resolution
         if r is not None and r & (r - 1):
-            raise ValueError(f"min_resolution must be a power of two, got {r}")
+            raise InvalidKey("min_resolution", f"must be a power of two, got {r}")
         return self
 
 
@@ -237,8 +249,8 @@ class Distill(Section):
     @model_validator(mode="after")
     def _check(self) -> Distill:
         if self.elastic.enabled and self.elastic.start_step >= self.steps:
-            raise ValueError(f"elastic.start_step ({self.elastic.start_step}) must be below "
-                             f"steps ({self.steps})")
+            raise InvalidKey("elastic.start_step", f"must be below distill.steps ({self.steps}) "
+                             f"when elastic training is enabled, got {self.elastic.start_step}")
         return self
 
 
@@ -288,7 +300,8 @@ class Evolution(Section):
 class Search(Section):
     """Channel configurations (and output resolutions) of the student per MAC budget."""
 
-    budgets: dict[str, str | float | int] = Field(
+    # values: Any, checked by _budgets (a str | float | int union reports one error per member)
+    budgets: dict[str, Any] = Field(
         {"half": 0.5}, min_length=1, description="name -> MACs (15G, 300M, 123456) or a "
         "fraction of the full student's (0.5, 40%); physical MACs of pipeline.cost")
     ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
@@ -324,7 +337,7 @@ class Search(Section):
     def _check(self) -> Search:
         r = self.min_resolution
         if r is not None and r & (r - 1):
-            raise ValueError(f"min_resolution must be a power of two, got {r}")
+            raise InvalidKey("min_resolution", f"must be a power of two, got {r}")
         return self
 
 
@@ -342,7 +355,7 @@ class Reference(Section):
     @model_validator(mode="after")
     def _check(self) -> Reference:
         if self.source != "teacher" and not self.path:
-            raise ValueError(f"source {self.source!r} needs a path")
+            raise InvalidKey("path", f"must be set when source is {self.source!r}")
         return self
 
 
@@ -426,35 +439,69 @@ class Export(Section):
         for key in ("formats", "inputs"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
-                raise ValueError(f"{key} must not repeat entries, got {values}")
+                raise InvalidKey(key, f"must not repeat entries, got {values}")
         if tuple(self.output_range) not in ((0.0, 1.0), (-1.0, 1.0)):
-            raise ValueError(f"output_range must be [0, 1] or [-1, 1], got {list(self.output_range)}")
+            raise InvalidKey("output_range", f"must be [0, 1] or [-1, 1], got {list(self.output_range)}")
         return self
 
 
 class Params(Section):
-    """All of params.yaml: the shared metric networks, then one section per stage."""
+    """All of params.yaml: the shared metric networks, then one section per stage.
 
-    profile: str = Field("offline", description="name of the profile, logged as a tag")
-    metric_networks: MetricNetworks = MetricNetworks()
-    fetch_teacher: FetchTeacher = FetchTeacher()
-    distill: Distill = Distill()
-    search: Search = Search()
-    evaluate: Evaluate = Evaluate()
-    export: Export = Export()
+    Every top-level key is required: an empty or partial params file (a truncated file, a
+    profile given where params.yaml belongs) is refused, naming what it lacks, rather than run
+    on the schema's defaults. Inside a section, the defaults are the papers' settings for real
+    data, not the offline ones params.yaml holds; params.yaml sets every key, so no default
+    stands in for it (tests/test_params.py asserts both). Partial files are profiles: overlays
+    that ``profile_overrides`` merges onto params.yaml.
+    """
+
+    profile: str = Field(description="name of the profile, logged as a tag")
+    metric_networks: MetricNetworks
+    fetch_teacher: FetchTeacher
+    distill: Distill
+    search: Search
+    evaluate: Evaluate
+    export: Export
+
+
+_MISSING_HINT = ("a params file sets every section, as params.yaml does; a partial overlay is a "
+                "profile: python -m pipeline.params overrides NAME")
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a section given where a value belongs
+    would fill the line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _format_error(e: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid parameters:"]
-    for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml for the valid keys)"
-        elif "input" in err and err["type"] not in ("missing",):
-            msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+    """One line: ``origin: key.path: what is expected, got value`` per error, joined by ``; ``.
+    pydantic's own text spans lines, links to its docs, and gives a model check's whole
+    section as the offending value."""
+    missing: list[str] = []
+    problems: list[str] = []
+    for err in e.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidKey):
+            loc.append(cause.key)
+        if err["type"] == "missing" and isinstance(err["loc"][-1], str):
+            missing.append(".".join(loc))
+            continue
+        if err["type"] == "missing":  # a position of a fixed-length tuple
+            key, msg = ".".join(loc[:-1]), f"too few items, got {_brief(err['input'])}"
+        elif err["type"] == "extra_forbidden":
+            key, msg = ".".join(loc), "unknown key (check the spelling; see params.yaml for the valid keys)"
+        elif isinstance(cause, Exception):  # our validators' messages say what they got
+            key, msg = ".".join(loc), str(cause)
+        else:
+            key, msg = ".".join(loc), f"{err['msg']}, got {_brief(err['input'])}"
+        problems.append(f"{key}: {msg}" if key else msg)
+    if missing:
+        problems.insert(0, f"missing {', '.join(missing)} ({_MISSING_HINT})")
+    return f"{origin}: " + "; ".join(problems)
 
 
 def parse_params(data: Any, origin: str = "params") -> Params:
@@ -467,16 +514,52 @@ def parse_params(data: Any, origin: str = "params") -> Params:
         raise ParamsError(_format_error(e, origin)) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key repeated in one mapping; PyYAML keeps the last one,
+    so a second ``distill:`` would silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # merge keys (<<) may repeat and be overridden; only scalar keys are hashable here
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path, absent: str) -> Any:
+    """A params file's or profile's content; ParamsError naming ``path`` when it is absent
+    (``absent`` says what was expected), not YAML, or repeats a key."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: {absent}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ParamsError(f"{path}: {e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML: {e.problem or e.context}{where}") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(data or {}, str(path))
+    data = _read_yaml(path, "no such params file")
+    return parse_params({} if data is None else data, str(path))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -506,11 +589,8 @@ def profile_overrides(profile: str | Path, base: str | Path = "params.yaml") -> 
     path = Path(profile)
     if not path.exists() and not path.suffix:
         path = Path("profiles") / f"{profile}.yaml"
-    try:
-        override = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such profile (see profiles/*.yaml)") from None
-    base_data = yaml.safe_load(Path(base).read_text()) or {}
+    override = _read_yaml(path, "no such profile (see profiles/*.yaml)") or {}
+    base_data = _read_yaml(Path(base), "no such params file") or {}
     parse_params(deep_merge(base_data, override), f"{base} + {path}")
     return flatten(override)
 

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.models.elastic import uniform_widths
 from pipeline.models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
 from pipeline.models.sampling import teacher_targets
-from tests.conftest import run_stage, tiny_evaluate, tiny_metric_networks, tiny_params
+from tests.conftest import REPO, run_stage, tiny_evaluate, tiny_metric_networks, tiny_params
 
 
 def evaluate_cfg(networks: dict | None = None, **overrides) -> dict:
@@ -138,6 +138,23 @@ def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch,
     before = (inputs / "out" / "report.md").read_text()
     assert main(args) == 2
     assert (inputs / "out" / "report.md").read_text() == before  # nothing half-written
+
+
+def test_with_latency_off_every_output_dvc_yaml_declares_is_written(inputs):
+    """dvc repro fails on a declared output the stage did not write, whatever the params.
+    metrics/evaluate.json is left out: stages.execute writes it for every stage."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]
+    declared = [next(iter(out)) if isinstance(out, dict) else out
+                for kind in ("outs", "plots") for out in stage[kind]]
+    work = inputs / "work"
+    # no search result (it is optional): the teacher and the full student only, to be quick
+    run_stage("evaluate", evaluate_cfg(), inputs / "cache", teacher=inputs / "teacher.safetensors",
+              student=inputs / "student.safetensors", search=work / "absent.json",
+              out=work / "artifacts/evaluate", plots=work / "plots/evaluate")
+    assert "plots/evaluate/latency.csv" in declared
+    assert [path for path in declared if not (work / path).exists()] == []
+    assert (work / "plots/evaluate/latency.csv").read_text().splitlines() == [
+        "model,runtime,batch,median_ms,p90_ms,gmacs_per_s,efficiency"]
 
 
 def test_missing_inception_weights_say_how_to_provide_them(inputs):

@@ -2,13 +2,15 @@
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pipeline.errors import ParamsError
-from pipeline.params import flatten, load_params, parse_params, profile_overrides
-from tests.conftest import REPO, tiny_params
+from pipeline.params import Params, flatten, load_params, parse_params, profile_overrides
+from tests.conftest import REPO, tiny_params, with_overrides
 
 
 def test_the_default_params_and_every_profile_are_valid():
@@ -29,7 +31,7 @@ def test_the_default_params_and_every_profile_are_valid():
     (lambda p: p["fetch_teacher"].update(format="onnx"), "fetch_teacher.format", "auto"),
     (lambda p: p["fetch_teacher"]["download"].update(timeout_s=0),
      "fetch_teacher.download.timeout_s", "greater than 0"),
-    (lambda p: p["fetch_teacher"].update(sha256="a" * 64), "fetch_teacher", "random: source"),
+    (lambda p: p["fetch_teacher"].update(sha256="a" * 64), "fetch_teacher.sha256", "random: source"),
     (lambda p: p.update(distil={}), "distil", "unknown key"),
 ])
 def test_invalid_params_name_the_key_and_the_expectation(mutate, key, expected):
@@ -38,7 +40,7 @@ def test_invalid_params_name_the_key_and_the_expectation(mutate, key, expected):
     with pytest.raises(ParamsError) as err:
         parse_params(data, "params.yaml")
     message = str(err.value)
-    assert f"  {key}:" in message and expected in message
+    assert f"params.yaml: {key}: " in message and expected in message
 
 
 def test_unreadable_params_files_fail_clearly(tmp_path):
@@ -72,3 +74,87 @@ def test_profile_overrides_print_as_dvc_exp_run_arguments(tmp_path):
 
 def test_flatten_joins_nested_keys_with_dots():
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": None}) == {"a.b": 1, "a.c.d": [1], "e": None}
+
+
+def test_an_empty_or_partial_params_file_is_refused_naming_what_is_missing(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "empty.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'empty.yaml'}: missing profile, metric_networks, "
+                                     "fetch_teacher, distill, search, evaluate, export (")
+    partial = {k: v for k, v in tiny_params().items() if k not in ("search", "export")}
+    (tmp_path / "partial.yaml").write_text(yaml.safe_dump(partial))
+    check = subprocess.run([sys.executable, "-m", "pipeline.params", "check", str(tmp_path / "partial.yaml")],
+                           cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 2 and check.stderr.count("\n") == 1
+    assert "partial.yaml: missing search, export (" in check.stderr and "overrides NAME" in check.stderr
+
+
+def _fields(model: type[BaseModel], value: BaseModel | None, prefix: str = "") -> dict[str, Any]:
+    """key path -> value (``value``'s, or the schema default where ``value`` is None) of every
+    key that is not itself a section."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann, given = field.annotation, None if value is None else getattr(value, name)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(_fields(ann, given, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field.get_default() if value is None else given
+    return out
+
+
+def _is_set(data: dict[str, Any], key: str) -> bool:
+    *sections, name = key.split(".")
+    for section in sections:
+        data = data.get(section) or {}
+    return name in data
+
+
+def test_schema_defaults_never_stand_in_for_params_yaml():
+    """Asserted: not that the schema's defaults equal params.yaml's values (they are the papers'
+    settings for real data and differ on many keys: distill.lr 5e-4 vs 0.02, a 512-channel
+    teacher vs the 64px offline one) but that they cannot replace them: params.yaml sets every
+    key, and a params file without a section holding a differing key is refused."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    values = _fields(Params, load_params(REPO / "params.yaml"))
+    defaults = _fields(Params, None)
+    unset = [k for k in values if not _is_set(data, k)]
+    assert not unset, f"params.yaml must set every key, or the schema's default applies: {unset}"
+    differ = {k for k in values if values[k] != defaults[k]}
+    for section in sorted({k.split(".")[0] for k in differ}):
+        with pytest.raises(ParamsError, match=f"params.yaml: missing {section} "):
+            parse_params({k: v for k, v in data.items() if k != section}, "params.yaml")
+
+
+def test_a_repeated_key_is_refused_naming_it_and_both_lines(tmp_path):
+    text = yaml.safe_dump(tiny_params(), sort_keys=False)
+    (tmp_path / "params.yaml").write_text(text + "distill:\n  steps: 3\n")
+    first = text.splitlines().index("distill:") + 1
+    last = len(text.splitlines()) + 1
+    with pytest.raises(ParamsError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value) == f"{tmp_path / 'params.yaml'}: duplicate key 'distill' (lines {first} and {last})"
+    (tmp_path / "profile.yaml").write_text("distill:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n")
+    with pytest.raises(ParamsError, match=r"profile.yaml: duplicate key 'lr' \(lines 2 and 4\)$"):
+        profile_overrides(tmp_path / "profile.yaml", REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("section, overrides, key, value", [
+    ("distill", {"steps": 2, "elastic": {"enabled": True, "start_step": 10}},
+     "distill.elastic.start_step", "got 10"),
+    ("distill", {"student": {"channels": {4: 0}}}, "distill.student.channels.4", "got 0"),
+    ("distill", {"betas": [0.9]}, "distill.betas", "got [0.9]"),
+    ("distill", {"adversarial": {"real_images": ["a"] * 100}}, "distill.adversarial.real_images",
+     "got ['a', 'a', "),
+    ("evaluate", {"reference": {"source": "npz"}}, "evaluate.reference.path", "'npz'"),
+    ("export", {"inputs": ["w", "w"]}, "export.inputs", "got ['w', 'w']"),
+    ("search", {"budgets": {"a": [1]}}, "search.budgets", "got [1]"),
+])
+def test_every_params_error_is_one_short_line_naming_the_key(section, overrides, key, value):
+    data = tiny_params()
+    with_overrides(data[section], overrides)
+    with pytest.raises(ParamsError) as err:
+        parse_params(data, "params.yaml")
+    message = str(err.value)
+    assert message.startswith(f"params.yaml: {key}: ") and value in message
+    assert "\n" not in message and len(message) < 200 and "https://" not in message

@@ -253,10 +253,10 @@ def write_quality_csv(models: list[Model], figures: dict[str, Any], path: Path) 
     _write_csv(rows, path)
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=columns or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -427,10 +427,11 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
         (tmp / "report.md").write_text(report(models, figures, latency, ratio, context))
         write_json(tmp / "evaluate.json", metrics)
     write_quality_csv(models, figures, plots_dir / "quality.csv")
-    if latency:
-        _write_csv([dict(zip(["model", "runtime", "batch", "median_ms", "p90_ms", "gmacs_per_s",
-                              "efficiency"], row, strict=True)) for row in latency["rows"]],
-                   plots_dir / "latency.csv")
+    # dvc.yaml declares latency.csv whatever the params: with latency off, the header alone
+    columns = ["model", "runtime", "batch", "median_ms", "p90_ms", "gmacs_per_s", "efficiency"]
+    rows = latency["rows"] if latency else []
+    _write_csv([dict(zip(columns, row, strict=True)) for row in rows], plots_dir / "latency.csv",
+               columns)
     tags = {"fid_reference": figures["_meta"]["reference"], "student_ema": header.get("ema", "unknown"),
             "lpips_network": lpips.name, "feature_network": features.name}
     return StageResult(metrics, {out_dir: NAME, plots_dir: NAME}, tags,

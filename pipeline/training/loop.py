@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .. import usage
 from ..code import ROOT, import_closure
@@ -81,9 +82,11 @@ def student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
         return StudentConfig(resolution=t.resolution, style_dim=t.style_dim, channels=channels,
                              demodulation=arch.demodulation, head=arch.head,
                              input_layer=arch.input_layer)
-    except ValueError as e:
+    except ValueError as e:  # pydantic's text spans lines and links its docs: one line
+        why = "; ".join(err["msg"].removeprefix("Value error, ") for err in
+                        e.errors(include_url=False)) if isinstance(e, ValidationError) else str(e)
         raise PipelineError(
-            f"distill.student does not fit the {t.resolution}x{t.resolution} teacher: {e}"
+            f"distill.student does not fit the {t.resolution}x{t.resolution} teacher: {why}"
         ) from None
 
 

@@ -141,6 +141,6 @@ def test_invalid_params_fail_before_any_work_and_create_no_run(workdir, capsys):
     params["fetch_teacher"]["random"]["resolution"] = 100
     assert run_stage(workdir, params) == 2
     err = capsys.readouterr().err
-    assert "fetch_teacher.random.resolution: Value error, must be a power of two" in err
+    assert "fetch_teacher.random.resolution: must be a power of two" in err
     assert not (workdir / "artifacts").exists() and not (workdir / "metrics").exists()
     assert not os.path.exists(workdir / "mlflow" / "artifacts")
