@@ -9,10 +9,12 @@ the same file means weights and architecture can never be separated or mismatche
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..errors import CheckpointError
 from ..io import atomic_path
@@ -28,12 +30,25 @@ STUDENT_FORMAT = "mobile-student/v1"
 STUDENT_LEGACY = {"input_layer": "separable"}  # the 4x4 conv was DW-separable before
 
 
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content: the library writes the
+    header's metadata in hash-map order, different in every process, so the same weights
+    would get another sha256 (and DVC, resume and caches would see a change). The header
+    is rewritten with sorted keys; tensor offsets are relative to the data, so they hold."""
+    raw = save(state, metadata=metadata)
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":"))
+    header += " " * (-len(header) % 8)  # the format aligns the data to 8 bytes
+    return struct.pack("<Q", len(header)) + header.encode() + raw[8 + size :]
+
+
 def _save(module, fmt: str, path: str | Path, metadata: dict[str, str] | None) -> None:
-    """Weights + architecture (``module.cfg``) in one safetensors file, written atomically."""
+    """Weights + architecture (``module.cfg``) in one safetensors file, written atomically
+    (byte-identical for identical weights and metadata, with the umask's file mode)."""
     header = {**(metadata or {}), FORMAT_KEY: fmt, CONFIG_KEY: module.cfg.model_dump_json()}
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=header)
+        tmp.write_bytes(safetensors_bytes(state, header))
 
 
 def _read(path: str | Path, fmt: str, config_cls, legacy: dict | None = None):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import warnings
@@ -152,7 +153,31 @@ def export_coreml(model: ExportModel, path: Path, fp16: bool) -> dict[str, Any]:
     mlmodel.short_description = f"StyleGAN2 mobile student, {model.kind} -> RGB image"
     with _quiet():
         mlmodel.save(str(path))
+    canonical_mlpackage(path)
     return validate_coreml(path, model)
+
+
+def canonical_mlpackage(path: Path) -> None:
+    """Make a saved .mlpackage's bytes depend only on the model: coremltools names the
+    package's items with random UUIDs and writes the spec's metadata map in hash order.
+    Items get UUIDs derived from their paths (the manifest only needs them unique and
+    consistent) and the spec is re-serialised deterministically (sorted maps)."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest_path = path / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    names = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"mlpackage:{item['path']}")).upper()
+             for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {names[k]: v for k, v in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = names[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    (spec_path,) = [path / "Data" / item["path"] for item in manifest["itemInfoEntries"].values()
+                    if item["path"].endswith(".mlmodel")]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def validate_coreml(path: Path, model: ExportModel) -> dict[str, Any]:

@@ -37,8 +37,10 @@ def snapshot_path(folder: str | Path, step: int) -> Path:
 
 def save_snapshot(folder: str | Path, step: int, state: dict[str, Any]) -> Path:
     path = snapshot_path(folder, step)
-    with atomic_path(path) as tmp:
-        torch.save({**state, "step": step}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not a path: torch names the archive's records after a path's
+        # (random temporary) name, so the same state would get other bytes
+        torch.save({**state, "step": step}, f)
     for old in snapshots(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
