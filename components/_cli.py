@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 
 from pipeline.errors import PipelineError
@@ -35,6 +36,7 @@ def stage_main(name: str, doc: str | None, argv: list[str] | None = None) -> int
     args = parser.parse_args(argv)
     paths = stage.Paths(**{f.name: getattr(args, f.name) for f in dataclasses.fields(stage.Paths)})
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params(args.params)  # validated before any download or model work
         stages.execute(stage, params, paths, args.metrics, args.cache_dir,
@@ -42,4 +44,13 @@ def stage_main(name: str, doc: str | None, argv: list[str] | None = None) -> int
     except PipelineError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: outputs were left as they were
+        print(f"{name}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM (a scheduler stopping the task, ``kill``) unwinds like Ctrl-C, so temporary
+    files are removed and the MLflow run is closed as KILLED."""
+    raise KeyboardInterrupt(f"terminated by signal {signal.Signals(signum).name}")

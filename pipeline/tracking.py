@@ -178,11 +178,12 @@ def stage_run(
         try:
             yield handle
         except BaseException as e:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.end_run("FAILED")
+            mlflow.end_run(status)
             if parent:
                 client.set_tag(parent, f"failed_stage.{stage}", str(e)[:500])
-                client.set_terminated(parent, "FAILED")
+                client.set_terminated(parent, status)
             raise
     if parent:
         client.set_terminated(parent, "FINISHED")

@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,95 +303,97 @@ def distill(
     full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)
     reals = None if real_images is None else real_images.batches(
         batch, start_step + 1, cfg.seed * 1000 + ctx.rank, cfg.adversarial.real_workers)
-    for step in range(start_step + 1, cfg.steps + 1):
-        target = teacher_targets(teacher, batch, cfg.truncation_psi, cfg.style_mixing_prob,
-                                 sampler, device)
-        real = target.image if reals is None else next(reals).to(device)
-        arch, cond = full_arch, None
-        if elastic is not None and step > el.start_step:
-            if step == el.start_step + 1:  # once: most important channels first
-                order = sort_channels_(student)
-                permute_(dict(ema.named_parameters()), order)
-                permute_optimizer_(opt_g, student, order)
-            arch = sample_arch(student_cfg, random.Random(f"{cfg.seed}/{step}"), el.ratios,
-                               el.sampling, el.min_resolution)
-        if cond_dim:
-            cond = arch.encode(student_cfg).to(device).expand(batch, -1)
-        if arch.resolution < student_cfg.resolution:  # D sees reals as blurred as the fakes
-            real = upsample(downsample(real, arch.resolution), student_cfg.resolution)
+    step = start_step
+    with _interrupt_says_what_is_kept(lambda: step, snapshot_dir):
+        for step in range(start_step + 1, cfg.steps + 1):
+            target = teacher_targets(teacher, batch, cfg.truncation_psi, cfg.style_mixing_prob,
+                                     sampler, device)
+            real = target.image if reals is None else next(reals).to(device)
+            arch, cond = full_arch, None
+            if elastic is not None and step > el.start_step:
+                if step == el.start_step + 1:  # once: most important channels first
+                    order = sort_channels_(student)
+                    permute_(dict(ema.named_parameters()), order)
+                    permute_optimizer_(opt_g, student, order)
+                arch = sample_arch(student_cfg, random.Random(f"{cfg.seed}/{step}"), el.ratios,
+                                   el.sampling, el.min_resolution)
+            if cond_dim:
+                cond = arch.encode(student_cfg).to(device).expand(batch, -1)
+            if arch.resolution < student_cfg.resolution:  # D sees reals as blurred as the fakes
+                real = upsample(downsample(real, arch.resolution), student_cfg.resolution)
 
-        # Generator phase: imitate the teacher (and fool D).
-        for group in opt_g.param_groups:
-            group["lr"] = generator_lr(cfg, step)
-        if disc is not None:
-            disc.requires_grad_(False)
-        with autocast():
-            if arch == full_arch:
-                out = student.forward_all(target.wplus, target.noise)
-                sub_target = target
-            else:
-                out = elastic(arch.widths, arch.resolution, "forward_all", target.wplus,
-                              target.noise)
-                sub_target = target._replace(image=downsample(target.image, arch.resolution))
-            loss_g, parts = loss_fn.generator_loss(out, sub_target, disc, wavelet_heads, sampler,
-                                                   cond)
-            if arch != full_arch:
-                with torch.no_grad():
-                    full = downsample(student(target.wplus, target.noise), arch.resolution)
-                loss_c, c_parts = loss_fn.consistency_loss(out.image, full, el.consistency_mse,
-                                                           el.consistency_lpips)
-                loss_g = loss_g + loss_c
-                parts.update(c_parts, total_g=loss_g)
-        _check_finite(loss_g, step, snapshot_dir)
-        opt_g.zero_grad(set_to_none=True)
-        scaler.scale(loss_g).backward()
-        dist.average_gradients(student, ctx)
-        scaler.step(opt_g)
+            # Generator phase: imitate the teacher (and fool D).
+            for group in opt_g.param_groups:
+                group["lr"] = generator_lr(cfg, step)
+            if disc is not None:
+                disc.requires_grad_(False)
+            with autocast():
+                if arch == full_arch:
+                    out = student.forward_all(target.wplus, target.noise)
+                    sub_target = target
+                else:
+                    out = elastic(arch.widths, arch.resolution, "forward_all", target.wplus,
+                                  target.noise)
+                    sub_target = target._replace(image=downsample(target.image, arch.resolution))
+                loss_g, parts = loss_fn.generator_loss(out, sub_target, disc, wavelet_heads, sampler,
+                                                       cond)
+                if arch != full_arch:
+                    with torch.no_grad():
+                        full = downsample(student(target.wplus, target.noise), arch.resolution)
+                    loss_c, c_parts = loss_fn.consistency_loss(out.image, full, el.consistency_mse,
+                                                               el.consistency_lpips)
+                    loss_g = loss_g + loss_c
+                    parts.update(c_parts, total_g=loss_g)
+            _check_finite(loss_g, step, snapshot_dir)
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(loss_g).backward()
+            dist.average_gradients(student, ctx)
+            scaler.step(opt_g)
 
-        # Discriminator phase: teacher (or real) images vs the student's.
-        if disc is not None:
-            disc.requires_grad_(True)
-            opt_d.zero_grad(set_to_none=True)
-            adv = cfg.adversarial
-            r1_every = adv.r1_every if step % adv.r1_every == 0 and adv.r1_gamma > 0 else 0
-            for term in loss_fn.discriminator_terms(disc, out.image.float(), real, sampler, cond,
-                                                    r1_every):
-                with autocast():
-                    loss_d, d_parts = term()
-                _check_finite(loss_d, step, snapshot_dir)
-                scaler.scale(loss_d).backward()
-                parts.update(d_parts)
-            parts["gan_d"] = parts["gan_d_fake"] + parts["gan_d_real"]
-            dist.average_gradients(disc, ctx)
-            scaler.step(opt_d)
-        scaler.update()
-        _ema_update(ema, student, cfg.ema_decay)
-        images_seen += batch * ctx.world
+            # Discriminator phase: teacher (or real) images vs the student's.
+            if disc is not None:
+                disc.requires_grad_(True)
+                opt_d.zero_grad(set_to_none=True)
+                adv = cfg.adversarial
+                r1_every = adv.r1_every if step % adv.r1_every == 0 and adv.r1_gamma > 0 else 0
+                for term in loss_fn.discriminator_terms(disc, out.image.float(), real, sampler, cond,
+                                                        r1_every):
+                    with autocast():
+                        loss_d, d_parts = term()
+                    _check_finite(loss_d, step, snapshot_dir)
+                    scaler.scale(loss_d).backward()
+                    parts.update(d_parts)
+                parts["gan_d"] = parts["gan_d_fake"] + parts["gan_d_real"]
+                dist.average_gradients(disc, ctx)
+                scaler.step(opt_d)
+            scaler.update()
+            _ema_update(ema, student, cfg.ema_decay)
+            images_seen += batch * ctx.world
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {k: dist.mean(v.item(), ctx, device) for k, v in parts.items()}
-            if ctx.main:
-                history.losses.append({"step": step, **row})
-                if on_log:
-                    on_log(row, step)
-        if ctx.main and (step % cfg.validation.every == 0 or step == cfg.steps):
-            validate(step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if ctx.main:
-                checkpoint.save_snapshot(snapshot_dir, step, {
-                    "digest": digest, "student": student.state_dict(), "ema": ema.state_dict(),
-                    "opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(),
-                    "disc": disc.state_dict() if disc is not None else {},
-                    "opt_d": opt_d.state_dict() if opt_d is not None else {},
-                    "samplers": _gather_sampler_states(sampler, ctx),
-                    "torch_rng": torch.get_rng_state(),
-                    "validation": history.validation, "losses": history.losses,
-                    "metrics_start": metrics_start,
-                })
-            else:
-                _gather_sampler_states(sampler, ctx)
-            dist.barrier(ctx)
-        bar.update(1, g=f"{parts['total_g'].item():.3f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {k: dist.mean(v.item(), ctx, device) for k, v in parts.items()}
+                if ctx.main:
+                    history.losses.append({"step": step, **row})
+                    if on_log:
+                        on_log(row, step)
+            if ctx.main and (step % cfg.validation.every == 0 or step == cfg.steps):
+                validate(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if ctx.main:
+                    checkpoint.save_snapshot(snapshot_dir, step, {
+                        "digest": digest, "student": student.state_dict(), "ema": ema.state_dict(),
+                        "opt_g": opt_g.state_dict(), "scaler": scaler.state_dict(),
+                        "disc": disc.state_dict() if disc is not None else {},
+                        "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                        "samplers": _gather_sampler_states(sampler, ctx),
+                        "torch_rng": torch.get_rng_state(),
+                        "validation": history.validation, "losses": history.losses,
+                        "metrics_start": metrics_start,
+                    })
+                else:
+                    _gather_sampler_states(sampler, ctx)
+                dist.barrier(ctx)
+            bar.update(1, g=f"{parts['total_g'].item():.3f}")
     bar.close()
     if reals is not None:
         reals.close()  # stops the decoding workers
@@ -429,6 +431,19 @@ def _gather_sampler_states(sampler: torch.Generator, ctx: dist.Dist) -> list[tor
     states: list[Any] = [None] * ctx.world
     tdist.all_gather_object(states, state)
     return states
+
+
+@contextlib.contextmanager
+def _interrupt_says_what_is_kept(step: Callable[[], int], snapshot_dir: str | Path) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM: the stage CLI turns it into one) ends training with one line
+    saying where it stopped and what a rerun resumes from, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        last = checkpoint.snapshots(snapshot_dir)
+        kept = (f"the snapshot {last[-1].name} is kept: run again to resume from it" if last
+                else "no snapshot was written yet: a rerun starts over")
+        raise KeyboardInterrupt(f"interrupted at step {step()}; {kept}") from None
 
 
 def _check_finite(loss: torch.Tensor, step: int, snapshot_dir: str | Path) -> None:

@@ -144,6 +144,35 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_teacher, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_says_what_is_kept_in_one_line(tiny_teacher, tmp_path, sig):
+    """Ctrl-C, or SIGTERM from a scheduler: exit 130, one line naming the step and the
+    snapshot a rerun resumes from (no traceback), no student written, MLflow run KILLED."""
+    import mlflow
+
+    args = _write_stage_inputs(tmp_path, tiny_teacher, steps=400, checkpoint_every=2)
+    env = _stage_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "components.distill", *args,
+                             *_outputs(tmp_path, "run")], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    snap, deadline = tmp_path / "run" / "snap", time.monotonic() + 300
+    while not checkpoint.snapshots(snap):
+        assert proc.poll() is None and time.monotonic() < deadline, "no snapshot appeared"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("distill: ")]
+    assert "interrupted at step" in line and "run again to resume from it" in line
+    assert checkpoint.snapshots(snap)[-1].name in line
+    assert not (tmp_path / "run" / "student").exists()
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    (run,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list")
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
 def test_two_processes_train_with_torchrun_and_gloo(tiny_teacher, tmp_path):
     args = _write_stage_inputs(tmp_path, tiny_teacher, steps=4, batch_size=4)
     result = subprocess.run(
