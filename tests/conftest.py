@@ -20,6 +20,32 @@ ENV_BIN = str(Path(sys.executable).parent)
 TINY = dict(resolution=32, channel_multiplier=1, channel_max=32, style_dim=32, n_mlp=2)
 
 
+# What a test run may leave in the repository: Python's and the tools' own caches.
+RUN_CACHES = ("__pycache__/", ".pytest_cache/", ".ruff_cache/")
+
+
+def _workspace_state() -> set[str]:
+    """``git status`` of the repository, ignored paths included (top-level entries)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return {line for line in out.splitlines() if not line.endswith(RUN_CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hygiene(tmp_path_factory):
+    """Every test writes under its temporary folders only: MLflow defaults to a store of the
+    session's (a test that forgets its own store must not write ./mlflow.db), and the run
+    fails at its end if the repository gained or changed any path."""
+    before = _workspace_state()
+    store = tmp_path_factory.mktemp("default-mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        mp.delenv("STYLEGAN_MOBILE_RUN_GROUP", raising=False)
+        yield
+    left = sorted(_workspace_state() - before)
+    assert not left, f"the test run wrote into the repository: {left}"
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
