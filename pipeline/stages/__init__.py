@@ -18,14 +18,17 @@ and set the one ``stand_in_weights`` tag. ``components/<stage>.py`` is just its 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from .. import tracking, usage
+from ..errors import PipelineError
 from ..io import write_json
 from ..params import Params
 
@@ -63,6 +66,7 @@ def execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | P
             cache_dir: str | Path, progress: bool = True) -> StageResult:
     """Run ``stage`` in its MLflow run and record its result. Under torchrun only rank 0
     talks to MLflow and writes the metrics; the other ranks just run."""
+    check_writable(paths, metrics_path)
     if os.environ.get("RANK", "0") != "0":
         return stage.run(params, paths, Context(Path(cache_dir), progress))
     with tracking.stage_run(stage.NAME, getattr(params, stage.NAME),
@@ -90,6 +94,27 @@ def stand_ins(*networks: Any) -> list[str]:
     return [n.name for n in networks if n.stand_in]
 
 
-def option(default: str | None, help: str) -> Any:
-    """A ``Paths`` field: its default and the CLI help of ``--<name>``."""
-    return field(default=default, metadata={"help": help})
+def option(default: str | None, help: str, output: bool = False) -> Any:
+    """A ``Paths`` field: its default and the CLI help of ``--<name>``; ``output``: the stage
+    writes there (checked writable before any work)."""
+    return field(default=default, metadata={"help": help, "output": output})
+
+
+def check_writable(paths: Any, *more: str | Path) -> None:
+    """Every output location of ``paths`` (and ``more``) can be written, found before hours
+    of work rather than after: a probe file is created where the stage will write, in the
+    folder itself and beside it (outputs are swapped in from their parent)."""
+    outputs = [getattr(paths, f.name) for f in dataclasses.fields(paths) if f.metadata.get("output")]
+    for target in [Path(p) for p in (*outputs, *more) if p]:
+        places = [target.parent] + ([target] if target.is_dir() else [])
+        for place in places:
+            existing = next(p for p in (place, *place.parents) if p.exists())
+            try:
+                if not existing.is_dir():
+                    raise NotADirectoryError(f"{existing} is a file")
+                with tempfile.TemporaryFile(dir=existing):
+                    pass
+            except OSError as e:
+                why = e.strerror or str(e)
+                raise PipelineError(f"{target}: cannot write this output ({existing}: {why}); "
+                                    f"nothing was run") from None

@@ -41,9 +41,9 @@ SHARED = ("metric_networks",)
 @dataclass
 class Paths:
     teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
-    out: str = option("artifacts/student", "output folder")
-    snapshots: str = option("checkpoints/distill", "resumable training snapshots")
-    plots: str = option("plots/distill", "loss and validation CSV folder")
+    out: str = option("artifacts/student", "output folder", output=True)
+    snapshots: str = option("checkpoints/distill", "resumable training snapshots", output=True)
+    plots: str = option("plots/distill", "loss and validation CSV folder", output=True)
 
 
 def write_curves(result: DistillResult, folder: Path, renames: dict[str, str]) -> None:

@@ -110,8 +110,8 @@ class Paths:
     teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
     student: str = option("artifacts/student/student.safetensors", "the distilled student")
     search: str = option("artifacts/search/configs.json", "searched configurations (optional)")
-    out: str = option("artifacts/evaluate", "report folder")
-    plots: str = option("plots/evaluate", "plot CSV folder")
+    out: str = option("artifacts/evaluate", "report folder", output=True)
+    plots: str = option("plots/evaluate", "plot CSV folder", output=True)
 
 
 @dataclass

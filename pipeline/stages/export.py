@@ -62,7 +62,7 @@ class Paths:
     search: str = option("artifacts/search/configs.json",
                          "searched configurations (absent: the full student only)")
     evaluate: str = option("metrics/evaluate.json", "evaluate-stage figures for the cards (optional)")
-    out: str = option("export", "output folder, one subfolder per model")
+    out: str = option("export", "output folder, one subfolder per model", output=True)
 
 
 @dataclass

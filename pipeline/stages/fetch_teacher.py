@@ -33,7 +33,7 @@ SAMPLES_FILE = "samples.png"
 
 @dataclass
 class Paths:
-    out: str = option("artifacts/teacher", "output folder")
+    out: str = option("artifacts/teacher", "output folder", output=True)
 
 
 def parameter_counts(generator: Generator) -> dict[str, int]:

@@ -116,8 +116,8 @@ class Space:
 class Paths:
     student: str = option("artifacts/student/student.safetensors", "the distilled student")
     teacher: str = option("artifacts/teacher/teacher.safetensors", "the fetched teacher")
-    out: str = option("artifacts/search", "output folder")
-    plots: str = option("plots/search", "Pareto CSV folder")
+    out: str = option("artifacts/search", "output folder", output=True)
+    plots: str = option("plots/search", "Pareto CSV folder", output=True)
 
 
 def key_of(cfg: Search, lpips: LPIPS) -> str:

@@ -137,3 +137,24 @@ def test_a_student_that_explodes_on_validation_latents_fails_the_gate_and_writes
     params["distill"]["validation"]["max_exploded"] = None  # report only
     assert run(workdir, params, workdir / "t.safetensors") == 0
     assert json.loads((workdir / "m.json").read_text())["exploded_end"] == 4
+
+
+@pytest.mark.parametrize("where", ["out", "snapshots", "plots", "metrics"])
+def test_an_output_that_cannot_be_written_fails_before_any_work(workdir, capsys, tiny_teacher,
+                                                                 where):
+    """Found before training, not after it: exit 2, one line naming the output."""
+    from pipeline.checkpoints import save_teacher
+
+    save_teacher(tiny_teacher, workdir / "teacher.safetensors")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (workdir / "blocker").write_text("a file where a folder must go")
+    paths = {"out": workdir / "student", "snapshots": workdir / "snap",
+             "plots": workdir / "plots", "metrics": workdir / "m.json"}
+    paths[where] = workdir / "blocker" / where
+    code = main(["--params", str(workdir / "params.yaml"), "--teacher",
+                 str(workdir / "teacher.safetensors"), "--no-progress",
+                 *(x for k, v in paths.items() for x in (f"--{k}", str(v)))])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{paths[where]}: cannot write this output" in err and "nothing was run" in err
+    assert not (workdir / "student").exists() and not (workdir / "snap").exists()
