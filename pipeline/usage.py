@@ -4,8 +4,9 @@ estimate before its long part starts.
 Every stage's metrics (and its MLflow run) get ``seconds``, ``peak_rss_gb`` (the
 process's resident-set peak: a stage CLI is one process, so this is the stage's) and,
 when it used a GPU, ``peak_gpu_gb`` (``torch.cuda.max_memory_allocated``). Estimates
-come from timing one unit of the real work on this device (a batch-1 forward, a
-training step), so they follow the resolution, the models and the machine.
+come from timing one unit of the real work on this device (the search's scoring of the
+full student, the first step or chunk of a :class:`Progress`), so they follow the
+resolution, the models and the machine.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def measured() -> Iterator[dict[str, float]]:
     """Fills the yielded dict with ``seconds``, ``peak_rss_gb`` and, on a GPU,
     ``peak_gpu_gb`` when the block ends."""
     figures: dict[str, float] = {}
-    gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if gpu:
+    if _cuda_used():  # else the stage initialises CUDA itself: its peak counts from zero
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
@@ -45,8 +45,12 @@ def measured() -> Iterator[dict[str, float]]:
     finally:
         figures["seconds"] = round(time.perf_counter() - start, 2)
         figures["peak_rss_gb"] = round(peak_rss_gb(), 3)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if _cuda_used():
             figures["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / GB, 3)
+
+
+def _cuda_used() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def seconds_per_call(fn: Callable[[], Any], device: torch.device | str) -> float:
