@@ -3,7 +3,9 @@ per pipeline run, with the tags reviewers need to compare runs.
 
 Tracking store: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store with its
 artifacts in ``mlruns/`` at the repository root (git-ignored). Browse it with
-``make mlflow-ui``.
+``make mlflow-ui``. A SQLite store keeps its artifacts in ``artifacts/`` beside the
+database file (an absolute location): MLflow's own default, ``./mlruns`` of whatever
+directory the process started in, would scatter them.
 
 Grouping: stages run as separate processes (``dvc repro``, Airflow tasks), so the
 parent run is found by a group key: ``STYLEGAN_MOBILE_RUN_GROUP`` (set by
@@ -52,8 +54,8 @@ def setup(experiment: str = EXPERIMENT, root: str | Path = ".") -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-        location = (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
         return client.create_experiment(experiment, artifact_location=location)
     except Exception:  # created concurrently by another stage

@@ -20,15 +20,25 @@ ENV_BIN = str(Path(sys.executable).parent)
 TINY = dict(resolution=32, channel_multiplier=1, channel_max=32, style_dim=32, n_mlp=2)
 
 
-# What a test run may leave in the repository: Python's and the tools' own caches.
+# What a test run may leave in the repository: Python's and the tools' own caches; and
+# the environment `make setup` built, which the tests use but do not write.
 RUN_CACHES = ("__pycache__/", ".pytest_cache/", ".ruff_cache/")
+ENVIRONMENT = ("!! .venv/", "!! .tools/", "!! stylegan_mobile.egg-info/")
 
 
 def _workspace_state() -> set[str]:
-    """``git status`` of the repository, ignored paths included (top-level entries)."""
+    """``git status`` of the repository, ignored paths included, and every file (with its
+    mtime) under the ignored folders that already exist: a test writing into an existing
+    ``mlruns/`` or ``artifacts/`` changes the state as much as one that creates it."""
     out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    return {line for line in out.splitlines() if not line.endswith(RUN_CACHES)}
+    state = {line for line in out.splitlines() if not line.endswith(RUN_CACHES)}
+    for line in sorted(state):
+        if line.startswith("!! ") and line.endswith("/") and line not in ENVIRONMENT:
+            state |= {f"{path.relative_to(REPO)} @{path.stat().st_mtime_ns}"
+                      for path in (REPO / line[3:]).rglob("*")
+                      if path.is_file() and "__pycache__" not in path.parts}
+    return state
 
 
 @pytest.fixture(scope="session", autouse=True)
