@@ -11,6 +11,7 @@ import signal
 import sys
 
 from pipeline.errors import PipelineError
+from pipeline.io import no_space_message, out_of_space
 
 CACHE_ENV = "STYLEGAN_MOBILE_CACHE"
 
@@ -47,6 +48,11 @@ def stage_main(name: str, doc: str | None, argv: list[str] | None = None) -> int
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: outputs were left as they were
         print(f"{name}: {e or 'interrupted'}", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk outside the atomic writers (which name their file)
+        if (full := out_of_space(e)) is None:
+            raise
+        print(f"{name}: error: {no_space_message(full.filename or os.getcwd())}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,3 +24,7 @@ class ChecksumError(FetchError):
 
 class CheckpointError(PipelineError):
     """A checkpoint is of an unknown format, unsafe, or does not fit the architecture."""
+
+
+class DiskFullError(PipelineError):
+    """No space left (or over quota) where an output or a download was being written."""

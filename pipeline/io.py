@@ -8,6 +8,7 @@ written beside its destination under a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import DiskFullError
+
 _CHUNK = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -36,10 +40,40 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
+def reporting_full_disk(dest: str | os.PathLike) -> Iterator[None]:
+    """Turn "no space left on device" (or over quota) while writing ``dest`` into one
+    line that names it, instead of a traceback from deep inside a writer."""
+    try:
+        yield
+    except Exception as e:
+        if out_of_space(e) is None:
+            raise
+        raise DiskFullError(no_space_message(dest)) from None
+
+
+def out_of_space(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT error ``exc`` is or was raised from, if any (torch's writer, for
+    one, fails again in its clean-up and raises a RuntimeError from the real cause)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space_message(dest: str | os.PathLike) -> str:
+    existing = next((p for p in (Path(dest), *Path(dest).parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free / 2**20
+    return (f"{dest}: no space left on device ({free:.0f} MiB free there); free some space "
+            "or write elsewhere, then run again (nothing was half-written)")
+
+
+@contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
 
-    On an exception the temporary file is removed and ``dest`` is untouched.
+    On an exception the temporary file is removed and ``dest`` is untouched; a full disk
+    is reported as :class:`DiskFullError` naming ``dest``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +82,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with reporting_full_disk(dest):
+            yield tmp_path
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -66,7 +101,8 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make outputs private
     try:
-        yield tmp
+        with reporting_full_disk(dest):
+            yield tmp
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)

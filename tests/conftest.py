@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import os
 import shutil
 import subprocess
@@ -189,3 +192,22 @@ def copy_repo(dest: Path) -> Path:
 def env_with_venv(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{ENV_BIN}:{os.environ['PATH']}",
             "DVC_NO_ANALYTICS": "1", **extra}
+
+
+class FullFile(io.FileIO):
+    """A real file that takes ``room`` bytes, then answers ENOSPC, as a full filesystem
+    answers ``write(2)``. Tests put :func:`full_disk_open` in place of a module's ``open``."""
+
+    room = 64
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            super().write(bytes(data)[: max(0, self.room - self.tell())])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def full_disk_open(path, mode="r", *args, **kwargs):
+    if "w" in mode and "b" in mode:
+        return FullFile(path, "w")
+    return builtins.open(path, mode, *args, **kwargs)

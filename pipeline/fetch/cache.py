@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import ChecksumError
-from pipeline.io import sha256_file, write_json
+from pipeline.io import reporting_full_disk, sha256_file, write_json
 
 
 class Cache:
@@ -82,11 +82,13 @@ class Cache:
 
     @contextlib.contextmanager
     def workdir(self) -> Iterator[Path]:
-        """A scratch folder inside the cache for one download; always removed afterwards."""
+        """A scratch folder inside the cache for one download; always removed afterwards.
+        A download that fills the disk is reported naming the cache."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix="fetch-", dir=self.tmp))
         try:
-            yield path
+            with reporting_full_disk(self.root):
+                yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from pipeline.errors import ChecksumError, FetchError
+from pipeline.errors import ChecksumError, DiskFullError, FetchError
 from pipeline.fetch import fetch, redact_uri
+from tests.conftest import full_disk_open
 
 from .conftest import PAYLOAD, PAYLOAD_SHA
 
@@ -129,3 +130,17 @@ def test_redact_uri():
     assert redact_uri("/data/teacher.pt") == "/data/teacher.pt"
     assert redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     assert redact_uri("http://u:p@[bad/x.pt?sig=1") == "http://[bad/x.pt"
+
+
+def test_a_download_that_fills_the_cache_disk_names_the_cache(http_server, tmp_path,
+                                                              monkeypatch):
+    import pipeline.fetch.common as common
+
+    http_server.files["teacher.pt"] = b"x" * 4096
+    monkeypatch.setattr(common, "open", full_disk_open, raising=False)
+    cache = tmp_path / "cache"
+    with pytest.raises(DiskFullError) as failed:
+        fetch(http_server.url("/files/teacher.pt"), cache_dir=cache, retries=3, backoff_s=0.001,
+              timeout_s=5.0, progress=False)
+    assert str(failed.value).startswith(f"{cache}: no space left on device")
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # no partial download, no blob
