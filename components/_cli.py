@@ -1,5 +1,5 @@
 """What every stage CLI shares: the standard arguments, the stage's own paths as
-options, and turning input errors into exit 2."""
+options, turning input errors into exit 2, and keeping secrets out of what it prints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import logging
 import os
 import signal
 import sys
+import traceback
 
 from pipeline.errors import PipelineError
 from pipeline.io import no_space_message, out_of_space
+from pipeline.redaction import ScrubbingFilter, scrub_secrets
 
 CACHE_ENV = "STYLEGAN_MOBILE_CACHE"
 
@@ -37,22 +39,27 @@ def stage_main(name: str, doc: str | None, argv: list[str] | None = None) -> int
     args = parser.parse_args(argv)
     paths = stage.Paths(**{f.name: getattr(args, f.name) for f in dataclasses.fields(stage.Paths)})
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubbingFilter())
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params(args.params)  # validated before any download or model work
         stages.execute(stage, params, paths, args.metrics, args.cache_dir,
                        progress=not args.no_progress)
     except PipelineError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(scrub_secrets(f"{name}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: outputs were left as they were
         print(f"{name}: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    except Exception as e:  # a full disk outside the atomic writers (which name their file)
-        if (full := out_of_space(e)) is None:
-            raise
-        print(f"{name}: error: {no_space_message(full.filename or os.getcwd())}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if (full := out_of_space(e)) is not None:  # outside the atomic writers, which name their file
+            print(f"{name}: error: {no_space_message(full.filename or os.getcwd())}",
+                  file=sys.stderr)
+            return 2
+        # A bug: the whole traceback, but a library may have quoted a credential in it.
+        print(scrub_secrets("".join(traceback.format_exception(e))), file=sys.stderr, end="")
+        return 1
     return 0
 
 

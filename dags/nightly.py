@@ -121,7 +121,9 @@ def _on_failure(context) -> None:
             client.set_tag(parent, f"airflow_failure.{ti.task_id}", message)
             client.set_terminated(parent, "FAILED")
     except Exception as e:  # never mask the task's own failure
-        print(f"could not record the failure in MLflow: {e}", file=sys.stderr)
+        from pipeline.redaction import scrub_secrets
+
+        print(scrub_secrets(f"could not record the failure in MLflow: {e}"), file=sys.stderr)
 
 
 # What every task sees: the MLflow run group of this DAG run and the run's params.

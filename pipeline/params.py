@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
+from .redaction import HTTP_TOKEN_ENV, credentials_in
 
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -92,6 +93,12 @@ class FetchTeacher(Section):
     def _source(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        if secret := credentials_in(v.strip()):
+            raise ValueError(
+                f"holds a credential ({secret}), and params are recorded in dvc.lock, DVC's run "
+                f"cache and MLflow; remove it from the URL and give it through the environment: "
+                f"~/.netrc (or $NETRC) for a user and password, ${HTTP_TOKEN_ENV} for a bearer "
+                f"token, the AWS variables or profile for s3://")
         return v.strip()
 
     @field_validator("sha256")

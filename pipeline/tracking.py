@@ -11,28 +11,53 @@ Grouping: stages run as separate processes (``dvc repro``, Airflow tasks), so th
 parent run is found by a group key: ``STYLEGAN_MOBILE_RUN_GROUP`` (set by
 ``make repro`` and by the DAG to the Airflow run id). Without it a stage run is a
 top-level run of its own.
+
+Outages: a stage checks the tracking server before any work and stops with one line
+when it does not answer (or, with ``STYLEGAN_MOBILE_TRACKING=off``, runs untracked). A
+stage never waits on the tracker: one background thread sends what it logs; whatever
+cannot be sent (the server died, or tracking is off) is appended to a spool file
+(``.tracking-spool/`` or ``$STYLEGAN_MOBILE_TRACKING_SPOOL``), sent at the stage's end
+if the server is back, else left for ``python -m pipeline.tracking replay``, which
+logs it tagged ``logged_late=true``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import queue
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from .errors import PipelineError
 from .params import flatten
+from .redaction import redact_uri, scrub_secrets
 
 EXPERIMENT = "stylegan-mobile"
 RUN_GROUP_ENV = "STYLEGAN_MOBILE_RUN_GROUP"
+TRACKING_ENV = "STYLEGAN_MOBILE_TRACKING"  # "off": run untracked, spool for a later replay
+SPOOL_ENV = "STYLEGAN_MOBILE_TRACKING_SPOOL"
 _MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
+# MLflow retries a dead server for minutes by default; a stage's background sender gives
+# up sooner and spools (the user's own settings win).
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 log = logging.getLogger(__name__)
+
+
+class TrackingUnavailable(PipelineError):
+    """The tracking server does not answer."""
 
 
 def default_tracking_uri(root: str | Path = ".") -> str:
@@ -41,11 +66,42 @@ def default_tracking_uri(root: str | Path = ".") -> str:
     )
 
 
+def spool_dir(root: str | Path = ".") -> Path:
+    return Path(os.environ.get(SPOOL_ENV) or Path(root) / ".tracking-spool")
+
+
+def tracking_off() -> bool:
+    return os.environ.get(TRACKING_ENV, "").strip().lower() in ("off", "0", "false", "no")
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server must answer before a stage starts work (any HTTP answer will do:
+    authentication is MLflow's business); local stores need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from .fetch.common import os_reason
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException as e:
+        reason = scrub_secrets(os_reason(e) or type(e).__name__)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {redact_uri(uri)} is not reachable ({reason}); start it or "
+            f"correct MLFLOW_TRACKING_URI, or run untracked with {TRACKING_ENV}=off (logged "
+            f"later by `python -m pipeline.tracking replay`); nothing was run") from None
+
+
 def setup(experiment: str = EXPERIMENT, root: str | Path = ".") -> str:
-    """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the tracking store (checked to answer) and make sure the experiment
+    exists; returns its id."""
     import mlflow
 
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     uri = default_tracking_uri(root)
+    check_reachable(uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -115,40 +171,105 @@ def _parent_run_id(client, experiment_id: str, group: str, tags: dict[str, str])
 
 
 class StageRun:
-    """The active MLflow run of a stage; thin wrappers that keep names consistent."""
+    """The MLflow run of a stage. Calls return at once: one background thread sends them
+    (through ``MlflowClient``, with the run's id). When a call fails, the server is taken
+    for gone: that call and every later one go to the spool file, and :meth:`close` sends
+    the spool if the server is back by then. ``run_id`` None: tracking is off, all spools."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str | None, spool: Path, header: dict[str, Any]) -> None:
         self.run_id = run_id
+        self.spool = spool
+        self._header = {**header, "run_id": run_id}
+        self._down = run_id is None
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._sender = threading.Thread(target=self._send_all, name="mlflow-sender", daemon=True)
+        self._sender.start()
 
     def log_params(self, params: BaseModel | Mapping[str, Any], prefix: str = "") -> None:
-        import mlflow
-
         data = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
-        flat = {f"{prefix}{k}": _param_value(v) for k, v in flatten(data).items()}
-        items = list(flat.items())
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params(dict(items[i : i + 100]))
+        self._queue.put({"kind": "params",
+                         "values": {f"{prefix}{k}": _param_value(v) for k, v in flatten(data).items()}})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        import mlflow
-
         flat = {k: float(v) for k, v in flatten(dict(metrics)).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        mlflow.log_metrics(flat, step=step)
+        self._queue.put({"kind": "metrics", "values": flat, "step": step or 0,
+                         "time_ms": int(time.time() * 1000)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        import mlflow
-
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._queue.put({"kind": "tags", "values": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._queue.put({"kind": "artifact", "path": str(Path(path).resolve()),
+                         "folder": artifact_path})
+
+    def _send_all(self) -> None:
         import mlflow
 
-        path = Path(path)
+        client = mlflow.MlflowClient()
+        while (record := self._queue.get()) is not None:
+            if not self._down:
+                try:
+                    send(client, self.run_id, record)
+                    continue
+                except Exception as e:  # the server went away (or refused): never the stage's problem
+                    self._down = True
+                    log.warning("tracking: %s; the stage goes on, what is left to log is kept "
+                                "in %s", scrub_secrets(f"{type(e).__name__}: {e}")[:300], self.spool)
+            self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        fresh = not self.spool.exists()
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool, "a") as f:
+            if fresh:
+                f.write(json.dumps({"kind": "run", **self._header}) + "\n")
+            f.write(json.dumps(record) + "\n")
+
+    def close(self, status: str, parent: dict[str, Any] | None = None) -> None:
+        """Send what is queued, end the run (and the pipeline's parent run) with ``status``;
+        spooled records are sent now if the server answers again."""
+        self._queue.put({"kind": "end", "status": status, "parent": parent})
+        self._queue.put(None)
+        self._sender.join()
+        if self.spool.exists() and self.run_id is not None:
+            with contextlib.suppress(Exception):
+                replay_file(self.spool)
+        if self.spool.exists():
+            log.warning("tracking: this %s run is not (fully) in MLflow; its record is in %s: "
+                        "`python -m pipeline.tracking replay` logs it once the server answers",
+                        self._header.get("stage"), self.spool)
+
+
+def send(client, run_id: str, record: dict[str, Any]) -> None:
+    """Log one queued or spooled record to the run ``run_id``."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    kind = record["kind"]
+    if kind == "params":
+        params = [Param(k, v) for k, v in record["values"].items()]
+        for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
+            client.log_batch(run_id, params=params[i : i + 100])
+    elif kind == "metrics":
+        metrics = [Metric(k, v, record["time_ms"], record["step"]) for k, v in record["values"].items()]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["values"].items()])
+    elif kind == "artifact":
+        path = Path(record["path"])
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path)
+            client.log_artifacts(run_id, str(path), record["folder"])
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), record["folder"])
         else:
-            mlflow.log_artifact(str(path), artifact_path)
+            log.warning("tracking: %s is gone; not logged", path)
+    elif kind == "end":
+        client.set_terminated(run_id, record["status"])
+        if parent := record.get("parent"):
+            for key, value in parent.get("tags", {}).items():
+                client.set_tag(parent["run_id"], key, value)
+            client.set_terminated(parent["run_id"], parent["status"])
 
 
 def _param_value(value: Any) -> str:
@@ -163,29 +284,98 @@ def stage_run(
     """Run a stage inside an MLflow run (nested under the pipeline's parent run when grouped).
 
     The stage's params are logged flat, provenance tags set; on an exception the run
-    is marked FAILED with the error message as a tag, and the exception propagates.
+    is marked FAILED (KILLED on an interrupt) with the error message as a tag, and the
+    exception propagates. With tracking off the run goes to the spool only.
     """
-    import mlflow
-
-    experiment_id = setup(root=root)
-    client = mlflow.MlflowClient()
     base_tags = {**provenance_tags(root), "params_sha256": params_digest(params),
                  **{k: str(v) for k, v in (tags or {}).items()}}
     group = os.environ.get(RUN_GROUP_ENV)
-    parent = _parent_run_id(client, experiment_id, group, base_tags) if group else None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
-                          tags={**base_tags, "stage": stage, "role": "stage"}) as run:
-        handle = StageRun(run.info.run_id)
-        handle.log_params(params)
-        try:
-            yield handle
-        except BaseException as e:
-            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.end_run(status)
-            if parent:
-                client.set_tag(parent, f"failed_stage.{stage}", str(e)[:500])
-                client.set_terminated(parent, status)
-            raise
-    if parent:
-        client.set_terminated(parent, "FINISHED")
+    spool = spool_dir(root) / f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
+    header = {"stage": stage, "group": group, "tags": {**base_tags, "stage": stage, "role": "stage"},
+              "start_ms": int(time.time() * 1000)}
+    parent = None
+    if tracking_off():
+        log.warning("tracking is OFF (%s=off): this %s run is not in MLflow; it is spooled to "
+                    "%s for `python -m pipeline.tracking replay`", TRACKING_ENV, stage, spool)
+        run = StageRun(None, spool, {**header, "reason": f"{TRACKING_ENV}=off"})
+    else:
+        import mlflow
+
+        experiment_id = setup(root=root)
+        client = mlflow.MlflowClient()
+        parent = _parent_run_id(client, experiment_id, group, base_tags) if group else None
+        nested = {"mlflow.parentRunId": parent} if parent else {}
+        started = client.create_run(experiment_id, run_name=stage,
+                                    tags={**header["tags"], **nested})
+        run = StageRun(started.info.run_id, spool,
+                       {**header, "reason": "the tracking server stopped answering"})
+    run.log_params(params)
+    try:
+        yield run
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        run.set_tags({"error": scrub_secrets(f"{type(e).__name__}: {e}")[:5000]})
+        _finish(run, status, parent, {f"failed_stage.{stage}": scrub_secrets(str(e))[:500]})
+        raise
+    _finish(run, "FINISHED", parent, {})
+
+
+def _finish(run: StageRun, status: str, parent: str | None, parent_tags: dict[str, str]) -> None:
+    grouped = parent is not None or (run.run_id is None and os.environ.get(RUN_GROUP_ENV))
+    run.close(status, {"run_id": parent, "status": status, "tags": parent_tags} if grouped else None)
+
+
+def replay_file(path: Path, root: str | Path = ".") -> str:
+    """Log one spool file: into its run when it has one (the server died during it), else
+    into a new run (nested under its pipeline's parent run); returns the run id."""
+    import mlflow
+
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header, records = lines[0], lines[1:]
+    experiment_id = setup(root=root)
+    client = mlflow.MlflowClient()
+    run_id = header.get("run_id")
+    if run_id is None:
+        tags = dict(header["tags"])
+        if group := header.get("group"):
+            tags["mlflow.parentRunId"] = _parent_run_id(client, experiment_id, group,
+                                                         header["tags"])
+        run_id = client.create_run(experiment_id, start_time=header["start_ms"], tags=tags,
+                                   run_name=header["stage"]).info.run_id
+    send(client, run_id, {"kind": "tags", "values": {"logged_late": "true",
+                                                     "logged_late_reason": header["reason"]}})
+    for record in records:
+        if record["kind"] == "end" and record.get("parent") and record["parent"]["run_id"] is None:
+            record["parent"]["run_id"] = find_pipeline_run(client, experiment_id, header["group"])
+        send(client, run_id, record)
+    path.unlink()
+    return run_id
+
+
+def replay(folder: Path, root: str | Path = ".") -> list[str]:
+    """Log every spool file in ``folder``, oldest first; returns the run ids."""
+    return [replay_file(path, root) for path in sorted(folder.glob("*.jsonl"), key=os.path.getmtime)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.tracking replay``: log the runs spooled while the tracking server
+    was unreachable or tracking was off."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    replay_cmd = sub.add_parser("replay", help="log spooled runs")
+    replay_cmd.add_argument("--spool", type=Path, default=None,
+                            help=f"spool folder (default: ${SPOOL_ENV} or .tracking-spool)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = args.spool or spool_dir()
+    try:
+        runs = replay(folder)
+    except PipelineError as e:
+        print(scrub_secrets(f"replay: error: {e}"), file=sys.stderr)
+        return 2
+    print(f"logged {len(runs)} spooled run(s) from {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

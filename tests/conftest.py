@@ -7,8 +7,11 @@ import errno
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +214,48 @@ def full_disk_open(path, mode="r", *args, **kwargs):
     if "w" in mode and "b" in mode:
         return FullFile(path, "w")
     return builtins.open(path, mode, *args, **kwargs)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on a loopback port (SQLite runs, artifacts proxied to a
+    folder) that a test can stop and start again on the same port and store."""
+
+    def __init__(self, folder: Path, wait_s: float = 60) -> None:
+        self.folder, self.wait_s = folder, wait_s
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        import requests
+
+        log = (self.folder / "mlflow-server.log").open("a")
+        self.process = subprocess.Popen(
+            [f"{ENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            assert self.process.poll() is None, (self.folder / "mlflow-server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).ok:
+                    return self.url
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

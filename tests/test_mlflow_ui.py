@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from PIL import Image
 
-from tests.conftest import ENV_BIN, REPO, tiny_params
+from tests.conftest import REPO, MlflowServer, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -57,36 +52,11 @@ def browser():
 
 @pytest.fixture
 def mlflow_server(tmp_path) -> Iterator[str]:
-    """`mlflow server` on a free loopback port: SQLite runs, artifacts proxied to a folder."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [f"{ENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path)
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.5)
-        yield url
+        yield server.start()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

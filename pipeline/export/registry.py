@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 MAX_DESCRIPTION = 60000  # stay well inside what registry backends store
 
 
-def register_onnx(folder: Path, cfg: Export) -> str | None:
+def register_onnx(folder: Path, cfg: Export, run_id: str | None) -> str | None:
     """Register ``folder``'s primary fp32 ONNX file (the first input variant) under
-    ``cfg.registry.name``; returns the new version, or None when there is no ONNX file."""
+    ``cfg.registry.name``, logged to the stage's run ``run_id``; returns the new version, or
+    None when there is no ONNX file or no run (tracking off)."""
     import mlflow
     import onnx
     import onnxruntime
@@ -28,6 +29,9 @@ def register_onnx(folder: Path, cfg: Export) -> str | None:
 
     kind = cfg.inputs[0]
     path = folder / f"{kind}.onnx"
+    if run_id is None:
+        log.warning("tracking is off: %s is not registered", path)
+        return None
     if not path.is_file():
         log.warning("%s: no ONNX file (format skipped), nothing registered", path)
         return None
@@ -35,11 +39,12 @@ def register_onnx(folder: Path, cfg: Export) -> str | None:
     shape = next(i["shape"] for i in card["inputs"] if i["name"] == kind)
     x = torch.randn([1, *shape[1:]], generator=torch.Generator().manual_seed(0))
     signature = infer_signature({kind: x.numpy()}, {"image": run_onnx(path, x).numpy()})
-    info = mlflow.onnx.log_model(
-        onnx.load(str(path)), name=f"{card['name']}-onnx", signature=signature,
-        registered_model_name=cfg.registry.name, save_as_external_data=False,
-        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-    )
+    with mlflow.start_run(run_id=run_id):  # log_model logs to the active run; the stage ends it
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)), name=f"{card['name']}-onnx", signature=signature,
+            registered_model_name=cfg.registry.name, save_as_external_data=False,
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.update_model_version(cfg.registry.name, version,

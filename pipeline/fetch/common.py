@@ -1,26 +1,28 @@
-"""Pieces shared by every fetch backend: the result type, URI redaction, retries, streaming."""
+"""Pieces shared by every fetch backend: the result type, retries, streaming (URI
+redaction lives in pipeline/redaction.py and is re-exported here)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
 
 from tqdm import tqdm
 
 from pipeline.errors import FetchError
+from pipeline.redaction import redact_uri, scrub
 
 log = logging.getLogger("pipeline.fetch")
 
 CHUNK = 1 << 20
 T = TypeVar("T")
+__all__ = ["FetchedFile", "Transient", "os_reason", "redact_uri", "scrub", "stream_to_file",
+           "with_retries"]
 
 
 @dataclass(frozen=True)
@@ -33,41 +35,6 @@ class FetchedFile:
     source: str  # redacted source URI (safe to log)
     scheme: str  # "https" | "http" | "s3" | "file" | "models"
     from_cache: bool  # True when no transfer happened because the cache already had it
-
-
-def redact_uri(uri: str) -> str:
-    """Remove userinfo (user:password@) and the whole query string/fragment (presigned
-    S3 URLs carry signatures there) so the result is safe to print and log."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:  # malformed (e.g. a bad IPv6 host): cut the same pieces by hand
-        head, sep, rest = uri.partition("://")
-        rest = re.split(r"[?#]", rest, maxsplit=1)[0]
-        host, slash, path = rest.partition("/")
-        return f"{head}{sep}{host.rpartition('@')[2]}{slash}{path}"
-    if not parts.scheme:  # a plain local path: nothing secret in it
-        return uri
-    # Rebuilt by hand: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path.
-    if uri[len(parts.scheme) + 1:].startswith("//"):
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-    return f"{parts.scheme}:{parts.path}"
-
-
-def scrub(text: str, uri: str) -> str:
-    """Blank out the secret parts of ``uri`` wherever they appear in ``text``.
-
-    Used on messages of third-party exceptions, which may quote the URL they were given.
-    """
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return text
-    userinfo = parts.netloc.rpartition("@")[0]
-    secrets = {s for s in (userinfo, parts.password, parts.query, parts.fragment) if s}
-    secrets |= {unquote(s) for s in secrets}
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 class Transient(Exception):

@@ -1,7 +1,13 @@
-"""HTTP(S) downloads with requests: streamed, hashed on the fly, retried on transient failures."""
+"""HTTP(S) downloads with requests: streamed, hashed on the fly, retried on transient failures.
+
+Credentials come from the environment, never from params: a user and password from
+``~/.netrc`` (or the file ``$NETRC`` names; requests reads it for the URL's host), or a
+bearer token from ``$STYLEGAN_MOBILE_HTTP_TOKEN``.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -9,15 +15,26 @@ import requests
 
 from pipeline.errors import FetchError
 from pipeline.fetch.common import CHUNK, Transient, os_reason, scrub, stream_to_file, with_retries
+from pipeline.redaction import HTTP_TOKEN_ENV
 
 # Statuses that will not change by asking again: fail at once with a hint.
 _PERMANENT_HINTS = {
-    401: "the server wants credentials: put them in the URL (user:password@) or use a "
-         "presigned URL",
-    403: "access denied: check the credentials, or that a presigned URL has not expired",
+    401: f"the server wants credentials: put a user and password for its host in ~/.netrc "
+         f"(or the file $NETRC names), or a bearer token in ${HTTP_TOKEN_ENV}",
+    403: f"access denied: check the credentials (~/.netrc, ${HTTP_TOKEN_ENV}) and that they "
+         f"may read this file",
     404: "check the URL",
     410: "the file was removed from the server; find its new location",
 }
+
+
+class _Bearer(requests.auth.AuthBase):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
 
 
 def _transient_status(code: int) -> bool:
@@ -66,5 +83,7 @@ def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries:
         return digest, size
 
     with requests.Session() as session:
+        if token := os.environ.get(HTTP_TOKEN_ENV):
+            session.auth = _Bearer(token)  # not re-sent when a redirect leaves the host
         digest, size = with_retries(attempt, source=source, retries=retries, backoff_s=backoff_s)
     return dest, digest, size

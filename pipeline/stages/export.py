@@ -344,6 +344,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                                  "resolution": card["resolution"]}
     metrics = {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
     tags = {"lpips_network": lpips.name}
-    if cfg.registry.enabled and (version := register_onnx(out_dir / FULL, cfg)) is not None:
+    run_id = ctx.tracker.run_id if ctx.tracker else None
+    if cfg.registry.enabled and (version := register_onnx(out_dir / FULL, cfg, run_id)) is not None:
         tags["registered_model"] = f"{cfg.registry.name}/{version}"
     return StageResult(metrics, {out_dir: NAME}, tags, stand_ins(lpips))
