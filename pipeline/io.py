@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiskFullError
+from .scratch import owner, sweep
 
 _CHUNK = 1 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -77,7 +78,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    sweep(dest.parent, prefix=f".{dest.name}.")  # what a killed run left
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{owner()}.", suffix=".tmp", dir=dest.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
     os.close(fd)
     tmp_path = Path(tmp)
@@ -98,13 +100,14 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    sweep(dest.parent, prefix=f".{dest.name}.")  # what a killed run left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{owner()}.", suffix=".tmp", dir=dest.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make outputs private
     try:
         with reporting_full_disk(dest):
             yield tmp
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(f".{dest.name}.{owner()}.old.tmp")
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)

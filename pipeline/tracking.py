@@ -43,6 +43,7 @@ from pydantic import BaseModel
 from .errors import PipelineError
 from .params import flatten
 from .redaction import redact_uri, scrub_secrets
+from .scratch import alive, owner
 
 EXPERIMENT = "stylegan-mobile"
 RUN_GROUP_ENV = "STYLEGAN_MOBILE_RUN_GROUP"
@@ -291,7 +292,8 @@ def stage_run(
                  **{k: str(v) for k, v in (tags or {}).items()}}
     group = os.environ.get(RUN_GROUP_ENV)
     spool = spool_dir(root) / f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
-    header = {"stage": stage, "group": group, "tags": {**base_tags, "stage": stage, "role": "stage"},
+    header = {"stage": stage, "group": group,
+              "tags": {**base_tags, "stage": stage, "role": "stage", "process": owner()},
               "start_ms": int(time.time() * 1000)}
     parent = None
     if tracking_off():
@@ -303,6 +305,7 @@ def stage_run(
 
         experiment_id = setup(root=root)
         client = mlflow.MlflowClient()
+        close_abandoned_runs(client, experiment_id, stage)
         parent = _parent_run_id(client, experiment_id, group, base_tags) if group else None
         nested = {"mlflow.parentRunId": parent} if parent else {}
         started = client.create_run(experiment_id, run_name=stage,
@@ -323,6 +326,22 @@ def stage_run(
 def _finish(run: StageRun, status: str, parent: str | None, parent_tags: dict[str, str]) -> None:
     grouped = parent is not None or (run.run_id is None and os.environ.get(RUN_GROUP_ENV))
     run.close(status, {"run_id": parent, "status": status, "tags": parent_tags} if grouped else None)
+
+
+def close_abandoned_runs(client, experiment_id: str, stage: str) -> None:
+    """Runs of ``stage`` still RUNNING whose process (on this host) is gone were killed
+    (kill -9, a lost machine): mark them KILLED so that they do not look in progress."""
+    host = owner().rsplit("-", 1)[0]
+    for run in client.search_runs([experiment_id], max_results=100, filter_string=(
+            f"tags.stage = '{stage}' and attributes.status = 'RUNNING' and "
+            f"tags.process LIKE '{host}-%'")):
+        pid = run.data.tags["process"].rsplit("-", 1)[1]
+        if pid.isdigit() and not alive(int(pid)):
+            client.set_tag(run.info.run_id, "error", "abandoned: its process was killed; "
+                           "closed by the next run of the stage")
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.info("tracking: closed the abandoned %s run %s (its process is gone)", stage,
+                     run.info.run_id)
 
 
 def replay_file(path: Path, root: str | Path = ".") -> str:

@@ -4,8 +4,9 @@ Layout under ``cache_dir``::
 
     blobs/sha256/<hex>          verified files, named by their digest (read-only)
     sources/<sha256(key)>.json  {"source", "sha256", "size"}: which blob a source gave last time
-    tmp/<random>/               downloads in progress (same filesystem, so moving into blobs/
-                                is an atomic rename); removed whatever happens
+    tmp/fetch.<host>-<pid>.*/   downloads in progress (same filesystem, so moving into blobs/
+                                is an atomic rename); removed whatever happens, and those of
+                                killed runs by the next download
 
 A blob is written before its index entry, so a crash can at worst leave a valid blob
 that nothing points to, never an index entry pointing at a partial file.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pipeline.errors import ChecksumError
 from pipeline.io import reporting_full_disk, sha256_file, write_json
+from pipeline.scratch import owner, sweep
 
 
 class Cache:
@@ -85,7 +87,8 @@ class Cache:
         """A scratch folder inside the cache for one download; always removed afterwards.
         A download that fills the disk is reported naming the cache."""
         self.tmp.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="fetch-", dir=self.tmp))
+        sweep(self.tmp)  # downloads of killed runs
+        path = Path(tempfile.mkdtemp(prefix=f"fetch.{owner()}.", suffix=".tmp", dir=self.tmp))
         try:
             with reporting_full_disk(self.root):
                 yield path

@@ -10,10 +10,11 @@ Every stage module has the same shape:
                         ``dvc.yaml`` uses (the CLI's ``--<field>`` options)
     run(params, paths, ctx) -> StageResult
 
-:func:`execute` runs one inside its MLflow run and does what every stage does after
-its work: add its cost (``seconds``, ``peak_rss_gb``, ``peak_gpu_gb`` on a GPU:
-pipeline/usage.py), write ``metrics/<stage>.json``, log the metrics, tags and artifacts,
-and set the one ``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
+:func:`execute` runs one inside its MLflow run, with its temporary files in its own
+folder (pipeline/scratch.py), and does what every stage does after its work: add its
+cost (``seconds``, ``peak_rss_gb``, ``peak_gpu_gb`` on a GPU: pipeline/usage.py), write
+``metrics/<stage>.json``, log the metrics, tags and artifacts, and set the one
+``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .. import tracking, usage
+from .. import scratch, tracking, usage
 from ..errors import PipelineError
 from ..io import write_json
 from ..params import Params
@@ -67,6 +68,12 @@ def execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | P
     """Run ``stage`` in its MLflow run and record its result. Under torchrun only rank 0
     talks to MLflow and writes the metrics; the other ranks just run."""
     check_writable(paths, metrics_path)
+    with scratch.stage_scratch(stage.NAME):  # every temporary file of the run, swept after a kill
+        return _execute(stage, params, paths, metrics_path, cache_dir, progress)
+
+
+def _execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | Path,
+             cache_dir: str | Path, progress: bool) -> StageResult:
     if os.environ.get("RANK", "0") != "0":
         return stage.run(params, paths, Context(Path(cache_dir), progress))
     with tracking.stage_run(stage.NAME, getattr(params, stage.NAME),

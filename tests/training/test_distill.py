@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import yaml
@@ -117,12 +118,14 @@ def _student_state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_teacher, tmp_path):
+    """kill -9, then the same command: it resumes to the weights of an uninterrupted run,
+    sweeps the killed run's temporary folder and closes its MLflow run as KILLED."""
     args = _write_stage_inputs(tmp_path, tiny_teacher, steps=12, checkpoint_every=2)
     env, cmd = _stage_env(tmp_path), [sys.executable, "-m", "components.distill", *args]
-    subprocess.run([*cmd, *_outputs(tmp_path, "straight")], env=env, cwd=REPO, check=True,
+    subprocess.run([*cmd, *_outputs(tmp_path, "straight")], env=env, cwd=tmp_path, check=True,
                    capture_output=True, timeout=600)
 
-    proc = subprocess.Popen([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=REPO,
+    proc = subprocess.Popen([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     snap = tmp_path / "killed" / "snap"
     deadline = time.monotonic() + 300
@@ -133,14 +136,22 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_teacher, tmp
     proc.wait()
     killed_at = max(int(p.name[5:13]) for p in checkpoint.snapshots(snap))
     assert killed_at < 12 and not (tmp_path / "killed" / "student").exists()
+    assert list((tmp_path / ".tmp" / "distill").iterdir())  # what the killed run left
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    (abandoned,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                      filter_string="attributes.status = 'RUNNING'")
 
-    resumed = subprocess.run([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=REPO,
+    resumed = subprocess.run([*cmd, *_outputs(tmp_path, "killed")], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((tmp_path / "killed" / "distill.json").read_text())
     assert metrics["resumed_from_step"] == killed_at
     a, b = _student_state(tmp_path / "straight"), _student_state(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / ".tmp").exists()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    closed = mlflow.get_run(abandoned.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["error"].startswith("abandoned")
 
 
 @pytest.mark.slow
