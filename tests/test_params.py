@@ -158,3 +158,28 @@ def test_every_params_error_is_one_short_line_naming_the_key(section, overrides,
     message = str(err.value)
     assert message.startswith(f"params.yaml: {key}: ") and value in message
     assert "\n" not in message and len(message) < 200 and "https://" not in message
+
+
+@pytest.mark.parametrize("source, what", [
+    ("https://user:hunter2@host/teacher.pt", "user:password@ in the URL"),
+    ("https://ghp_tok3n@host/teacher.pt", "user:password@ in the URL"),
+    ("https://host/teacher.pt?token=hunter2", "query parameter 'token'"),
+    ("https://bucket.s3.amazonaws.com/t.pt?X-Amz-Credential=AK&X-Amz-Signature=hunter2",
+     "query parameter 'X-Amz-Credential'"),
+    ("s3://AKIA:hunter2@bucket/teacher.pt", "user:password@ in the URL"),
+])
+def test_a_credential_in_the_source_is_refused_and_never_echoed(source, what, tmp_path):
+    """Params are recorded in dvc.lock, DVC's run cache and MLflow: a credential in
+    fetch_teacher.source would be written to all three. Refused before any stage runs."""
+    params = tiny_params(source)
+    with pytest.raises(ParamsError) as refused:
+        parse_params(params)
+    message = str(refused.value)
+    assert f"fetch_teacher.source: holds a credential ({what})" in message
+    assert "~/.netrc" in message and "STYLEGAN_MOBILE_HTTP_TOKEN" in message
+    assert "hunter2" not in message and "tok3n" not in message and "\n" not in message
+
+
+def test_a_plain_query_string_is_not_a_credential():
+    assert parse_params(tiny_params("https://host/teacher.pt?download=1")).fetch_teacher.source \
+        == "https://host/teacher.pt?download=1"

@@ -36,6 +36,7 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
         """Routes:
         /files/<name>            the bytes in state.files, or 404
         /forbidden               403
+        /private/<name>          401
         /truncated               Content-Length 1000 more than sent, then the connection closes
         /flaky/<code>/<n>/<name> <code> for the first <n> requests, then the file
         """
@@ -58,6 +59,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, state.files[parts[1]])
             elif path == "/forbidden":
                 self._send(403, b"no")
+            elif parts[0] == "private":
+                self._send(401, b"who are you?")
             elif path == "/truncated":
                 self._send(200, PAYLOAD[:500], length=len(PAYLOAD[:500]) + 1000)
                 self.close_connection = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 
@@ -144,3 +145,27 @@ def test_a_download_that_fills_the_cache_disk_names_the_cache(http_server, tmp_p
               timeout_s=5.0, progress=False)
     assert str(failed.value).startswith(f"{cache}: no space left on device")
     assert [p for p in cache.rglob("*") if p.is_file()] == []  # no partial download, no blob
+
+
+def test_credentials_come_from_netrc_for_the_hosts_it_names(http_server, cache_dir, tmp_path,
+                                                            monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login reader password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    fetch(http_server.url("/files/teacher.pt"), cache_dir=cache_dir, **FAST)
+    assert http_server.auth[-1] == "Basic " + base64.b64encode(b"reader:hunter2").decode()
+
+
+def test_a_bearer_token_comes_from_the_environment(http_server, cache_dir, monkeypatch):
+    monkeypatch.setenv("STYLEGAN_MOBILE_HTTP_TOKEN", "tok-hunter2")
+    fetch(http_server.url("/files/teacher.pt"), cache_dir=cache_dir, **FAST)
+    assert http_server.auth[-1] == "Bearer tok-hunter2"
+
+
+def test_a_401_says_where_credentials_go_and_never_the_url(http_server, cache_dir):
+    with pytest.raises(FetchError) as refused:
+        fetch(http_server.url("/private/teacher.pt"), cache_dir=cache_dir, **FAST)
+    message = str(refused.value)
+    assert "HTTP 401" in message and "~/.netrc" in message and "STYLEGAN_MOBILE_HTTP_TOKEN" in message
+    assert "in the URL" not in message and "user:password@" not in message

@@ -144,3 +144,14 @@ def test_invalid_params_fail_before_any_work_and_create_no_run(workdir, capsys):
     assert "fetch_teacher.random.resolution: must be a power of two" in err
     assert not (workdir / "artifacts").exists() and not (workdir / "metrics").exists()
     assert not os.path.exists(workdir / "mlflow" / "artifacts")
+
+
+def test_a_source_with_credentials_is_refused_before_anything_records_it(workdir, capsys):
+    """Credentials in the URL would land in dvc.lock, DVC's run cache and MLflow params:
+    the stage refuses them (exit 2, one line, no secret in it) before any run exists."""
+    params = tiny_params("https://reader:hunter2@127.0.0.1:9/teacher.pt?token=XYZ-secret")
+    assert run_stage(workdir, params) == 2
+    err = capsys.readouterr().err
+    assert "fetch_teacher.source: holds a credential (user:password@ in the URL)" in err
+    assert "hunter2" not in err and "XYZ-secret" not in err and len(err.splitlines()) == 1
+    assert stage_runs() == [] and not (workdir / "artifacts").exists()
