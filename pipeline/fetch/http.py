@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import requests
 
 from pipeline.errors import FetchError
-from pipeline.fetch.common import CHUNK, Transient, os_reason, scrub, stream_to_file, with_retries
+from pipeline.fetch.common import CHUNK, Transient, causes, os_reason, scrub, stream_to_file, with_retries
 
 # Statuses that will not change by asking again: fail at once with a hint.
 _PERMANENT_HINTS = {
@@ -22,6 +23,15 @@ _PERMANENT_HINTS = {
 
 def _transient_status(code: int) -> bool:
     return code in (408, 425, 429) or code >= 500
+
+
+def _rejected_certificate(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was not trusted, if that is what ``exc`` is about
+    (other TLS failures, e.g. a handshake cut short, are not: they may pass)."""
+    for e in causes(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (e.verify_message or "certificate not trusted").rstrip(".")
+    return None
 
 
 def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries: int,
@@ -53,7 +63,14 @@ def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries:
             raise Transient(f"timed out after {timeout_s:g}s") from None
         except requests.exceptions.ChunkedEncodingError:
             raise Transient("connection closed before the whole body arrived") from None
-        except requests.exceptions.ConnectionError as e:
+        except requests.exceptions.ConnectionError as e:  # SSLError is one
+            if (problem := _rejected_certificate(e)) is not None:
+                # Every try gets the same certificate: fail at once, saying how to trust it.
+                raise FetchError(
+                    f"{source}: TLS certificate verification failed ({scrub(problem, url)}); "
+                    "if the server uses a private CA, point REQUESTS_CA_BUNDLE at a CA bundle "
+                    "that holds it, then run again."
+                ) from None
             reason = scrub(os_reason(e) or "unknown reason", url)
             raise Transient(f"connection failed ({reason})") from None
         except requests.exceptions.RequestException as e:  # invalid URL, redirect loop, ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import pytest
 
@@ -129,3 +130,25 @@ def test_redact_uri():
     assert redact_uri("/data/teacher.pt") == "/data/teacher.pt"
     assert redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     assert redact_uri("http://u:p@[bad/x.pt?sig=1") == "http://[bad/x.pt"
+
+
+def test_untrusted_certificate_fails_at_once_with_a_ca_bundle_hint(https_server, cache_dir, cache_files,
+                                                                   monkeypatch):
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests trusts either
+        monkeypatch.delenv(var, raising=False)
+    url = https_server.url("/files/teacher.pt")
+    start = time.monotonic()
+    with pytest.raises(FetchError) as err:
+        fetch(url, cache_dir=cache_dir, **{**FAST, "backoff_s": 5.0})  # a retry would sleep 5 s
+    assert time.monotonic() - start < 4
+    message = str(err.value)
+    assert message.startswith(f"{url}: TLS certificate verification failed (self")  # self-signed
+    assert "REQUESTS_CA_BUNDLE" in message and "\n" not in message
+    assert https_server.connections == 1 and not https_server.hits  # one try, no request sent
+    assert cache_files() == []
+
+
+def test_ca_bundle_from_the_environment_is_trusted(https_server, self_signed_cert, cache_dir, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(self_signed_cert[0]))  # as the README says
+    got = fetch(https_server.url("/files/teacher.pt"), sha256=PAYLOAD_SHA, cache_dir=cache_dir, **FAST)
+    assert (got.scheme, got.sha256) == ("https", PAYLOAD_SHA)
