@@ -274,30 +274,32 @@ class NetworkUnpickler(pickle.Unpickler):
         )
 
 
-def read_network_pickle(path: str | Path) -> Any:
-    """The unpickled top-level object, built from allowlisted stand-ins only."""
+def read_network_pickle(path: str | Path, where: str | None = None) -> Any:
+    """The unpickled top-level object, built from allowlisted stand-ins only; ``where`` names
+    the file in errors (default: its path)."""
+    where = where or str(path)
     try:
         with open(path, "rb") as f:
             return NetworkUnpickler(f).load()
     except DisallowedGlobal as e:
         raise CheckpointError(
-            f"{path}: refusing to load: the pickle tried to import {e.name}, which a network "
+            f"{where}: refusing to load: the pickle tried to import {e.name}, which a network "
             f"pickle never needs; nothing from the file was executed (allowed: tensors, plain "
             f"containers, numpy scalars and torch_utils.persistence records)"
         ) from None
     except UnsafeStorage as e:
         raise CheckpointError(
-            f"{path}: refusing to load: a tensor storage in the pickle holds more than tensor "
+            f"{where}: refusing to load: a tensor storage in the pickle holds more than tensor "
             f"data ({e}; torch's weights-only loader refused it); nothing from the file was "
             f"executed"
         ) from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the file ({e})") from None
+        raise CheckpointError(f"{where}: cannot read the file ({e})") from None
     except RecursionError:
-        raise CheckpointError(f"{path}: pickle nested too deeply to be a network pickle") from None
+        raise CheckpointError(f"{where}: pickle nested too deeply to be a network pickle") from None
     except Exception as e:  # noqa: BLE001 - only our stand-ins ran: any failure means a bad file
         raise CheckpointError(
-            f"{path}: not a readable network pickle (truncated or corrupt?): "
+            f"{where}: not a readable network pickle (truncated or corrupt?): "
             f"{type(e).__name__}: {e}"
         ) from None
 
@@ -307,10 +309,11 @@ def read_network_pickle(path: str | Path) -> Any:
 _BLOCK = re.compile(r"b(\d+)")
 
 
-def load_nvidia(path: str | Path) -> tuple[Generator, dict[str, str]]:
-    """Generator from the ``G_ema`` network of an NVIDIA pickle, plus notes on the conversion."""
-    where = str(path)
-    data = read_network_pickle(path)
+def load_nvidia(path: str | Path, where: str | None = None) -> tuple[Generator, dict[str, str]]:
+    """Generator from the ``G_ema`` network of an NVIDIA pickle, plus notes on the conversion;
+    ``where`` names the file in errors (default: its path)."""
+    where = where or str(path)
+    data = read_network_pickle(path, where)
     if not isinstance(data, dict):
         raise CheckpointError(
             f"{where}: expected a dict network pickle (G, D, G_ema, ...), got {type(data).__name__}"

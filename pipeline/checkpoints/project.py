@@ -51,19 +51,21 @@ def _save(module, fmt: str, path: str | Path, metadata: dict[str, str] | None) -
         tmp.write_bytes(safetensors_bytes(state, header))
 
 
-def _read(path: str | Path, fmt: str, config_cls, legacy: dict | None = None):
+def _read(path: str | Path, fmt: str, config_cls, legacy: dict | None = None,
+          where: str | None = None):
     """(config, state dict, header) of a project-format file of kind ``fmt``; ``legacy``:
-    values of config keys that older files lack."""
-    header = read_header(path)
+    values of config keys that older files lack; ``where`` names the file in errors."""
+    where = where or str(path)
+    header = read_header(path, where)
     if header.get(FORMAT_KEY) != fmt or CONFIG_KEY not in header:
         raise CheckpointError(
-            f"{path}: not a {fmt} checkpoint (expected header {FORMAT_KEY}={fmt!r} "
+            f"{where}: not a {fmt} checkpoint (expected header {FORMAT_KEY}={fmt!r} "
             f"and {CONFIG_KEY})"
         )
     try:
         cfg = config_cls.model_validate({**(legacy or {}), **json.loads(header[CONFIG_KEY])})
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid architecture config in header: {e}") from None
+        raise CheckpointError(f"{where}: invalid architecture config in header: {e}") from None
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
     return cfg, state, {k: v for k, v in header.items() if k not in (FORMAT_KEY, CONFIG_KEY)}
@@ -74,17 +76,19 @@ def save_teacher(generator: Generator, path: str | Path, metadata: dict[str, str
     _save(generator, TEACHER_FORMAT, path, metadata)
 
 
-def read_header(path: str | Path) -> dict[str, str]:
+def read_header(path: str | Path, where: str | None = None) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{where or path}: not a readable safetensors file ({e})") from None
 
 
-def load_teacher_file(path: str | Path) -> tuple[Generator, dict[str, str]]:
-    cfg, state, _ = _read(path, TEACHER_FORMAT, StyleGAN2Config)
-    return generator_from_state(state, str(path), cfg=cfg)
+def load_teacher_file(path: str | Path, where: str | None = None) -> tuple[Generator, dict[str, str]]:
+    """A teacher in the project format; ``where`` names the file in errors (default: its path)."""
+    where = where or str(path)
+    cfg, state, _ = _read(path, TEACHER_FORMAT, StyleGAN2Config, where=where)
+    return generator_from_state(state, where, cfg=cfg)
 
 
 def save_student(student: MobileSynthesis, path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -61,36 +61,39 @@ def refused_file_error(path: str | Path, error: BaseException, what: str = "chec
     )
 
 
-def read_rosinality(path: str | Path) -> dict:
-    """The checkpoint dict, loaded without executing code."""
+def read_rosinality(path: str | Path, where: str | None = None) -> dict:
+    """The checkpoint dict, loaded without executing code; ``where`` names the file in errors."""
+    where = where or str(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise refused_file_error(path, e) from None
+        raise refused_file_error(where, e) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+        raise CheckpointError(f"{where}: not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{where}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
 
 
-def load_rosinality(path: str | Path) -> tuple[Generator, dict[str, str]]:
-    """Generator from ``ckpt["g_ema"]`` (or a bare generator state dict)."""
-    ckpt = read_rosinality(path)
+def load_rosinality(path: str | Path, where: str | None = None) -> tuple[Generator, dict[str, str]]:
+    """Generator from ``ckpt["g_ema"]`` (or a bare generator state dict); ``where`` names the
+    file in errors (default: its path)."""
+    where = where or str(path)
+    ckpt = read_rosinality(path, where)
     if "g_ema" in ckpt:
         state = ckpt["g_ema"]
     elif "style.1.weight" in ckpt:
         state = ckpt
     else:
         raise CheckpointError(
-            f"{path}: no 'g_ema' generator in this checkpoint (top-level keys: "
+            f"{where}: no 'g_ema' generator in this checkpoint (top-level keys: "
             f"{sorted(map(str, ckpt))[:10]}); expected rosinality/stylegan2-pytorch's layout"
         )
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: 'g_ema' is a {type(state).__name__}, not a state dict")
+        raise CheckpointError(f"{where}: 'g_ema' is a {type(state).__name__}, not a state dict")
     w_avg = ckpt.get("latent_avg")
-    return generator_from_state(state, str(path), w_avg=w_avg)
+    return generator_from_state(state, where, w_avg=w_avg)
 
 
 def save_rosinality(generator: Generator, path: str | Path) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -78,12 +78,9 @@ def stream_to_file(chunks: Iterable[bytes], dest: Path, *, total: int | None, de
     return digest.hexdigest(), size
 
 
-def os_reason(exc: BaseException) -> str | None:
-    """The innermost OS-level reason (e.g. "Connection refused") in an exception chain.
-
-    requests/urllib3 exceptions quote the full URL (query string included) in their own
-    messages, so we report the underlying socket error instead.
-    """
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps: causes, contexts, and the ``reason``/args that
+    requests and urllib3 nest theirs in."""
     stack: list[BaseException] = [exc]
     seen: set[int] = set()
     while stack:
@@ -91,10 +88,20 @@ def os_reason(exc: BaseException) -> str | None:
         if id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        stack += [m for m in more if isinstance(m, BaseException)]
+
+
+def os_reason(exc: BaseException) -> str | None:
+    """The innermost OS-level reason (e.g. "Connection refused") in an exception chain.
+
+    requests/urllib3 exceptions quote the full URL (query string included) in their own
+    messages, so we report the underlying socket error instead.
+    """
+    for e in causes(exc):
         if isinstance(e, OSError) and e.strerror:
             return e.strerror
         if isinstance(e, TimeoutError):
             return "timed out"
-        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
-        stack += [m for m in more if isinstance(m, BaseException)]
     return None

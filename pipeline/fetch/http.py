@@ -8,13 +8,14 @@ bearer token from ``$STYLEGAN_MOBILE_HTTP_TOKEN``.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import requests
 
 from pipeline.errors import FetchError
-from pipeline.fetch.common import CHUNK, Transient, os_reason, scrub, stream_to_file, with_retries
+from pipeline.fetch.common import CHUNK, Transient, causes, os_reason, scrub, stream_to_file, with_retries
 from pipeline.redaction import HTTP_TOKEN_ENV
 
 # Statuses that will not change by asking again: fail at once with a hint.
@@ -39,6 +40,15 @@ class _Bearer(requests.auth.AuthBase):
 
 def _transient_status(code: int) -> bool:
     return code in (408, 425, 429) or code >= 500
+
+
+def _rejected_certificate(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was not trusted, if that is what ``exc`` is about
+    (other TLS failures, e.g. a handshake cut short, are not: they may pass)."""
+    for e in causes(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (e.verify_message or "certificate not trusted").rstrip(".")
+    return None
 
 
 def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries: int,
@@ -70,7 +80,14 @@ def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries:
             raise Transient(f"timed out after {timeout_s:g}s") from None
         except requests.exceptions.ChunkedEncodingError:
             raise Transient("connection closed before the whole body arrived") from None
-        except requests.exceptions.ConnectionError as e:
+        except requests.exceptions.ConnectionError as e:  # SSLError is one
+            if (problem := _rejected_certificate(e)) is not None:
+                # Every try gets the same certificate: fail at once, saying how to trust it.
+                raise FetchError(
+                    f"{source}: TLS certificate verification failed ({scrub(problem, url)}); "
+                    "if the server uses a private CA, point REQUESTS_CA_BUNDLE at a CA bundle "
+                    "that holds it, then run again."
+                ) from None
             reason = scrub(os_reason(e) or "unknown reason", url)
             raise Transient(f"connection failed ({reason})") from None
         except requests.exceptions.RequestException as e:  # invalid URL, redirect loop, ...

@@ -58,7 +58,9 @@ def obtain_teacher(cfg: FetchTeacher, cache_dir: str | Path, progress: bool = Tr
         retries=cfg.download.retries, backoff_s=cfg.download.backoff_s, progress=progress,
     )
     try:
-        loaded = load_teacher(fetched.path, cfg.format)
+        # Errors name the source the user gave, not the cache blob (evicted below anyway).
+        loaded = load_teacher(fetched.path, cfg.format, where=fetched.source,
+                              format_key="fetch_teacher.format")
     except CheckpointError:
         evict(fetched, cache_dir)  # no cache entry for bytes that are not a usable teacher
         raise

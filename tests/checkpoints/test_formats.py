@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import pickle
 
 import pytest
 import torch
@@ -9,6 +10,9 @@ import torch
 from pipeline.checkpoints import detect_format, load_teacher, save_teacher
 from pipeline.checkpoints.rosinality import save_rosinality
 from pipeline.errors import CheckpointError
+from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
+from tests.checkpoints.nvidia_writer import save_nvidia_pickle
+from tests.conftest import TINY
 
 
 def same_images(a, b, style_dim):
@@ -92,7 +96,8 @@ def test_refused_pt_names_file_and_global_and_never_advises_weights_only_false(
 
 def test_refused_pt_without_a_global_keeps_torchs_reason_but_not_its_advice(tmp_path):
     path = tmp_path / "junk.pt"
-    path.write_bytes(b"\x80\x02" + b"garbage" * 4)  # a legacy pickle with an unknown opcode
+    # torch's legacy format (a pickled magic number first), then an unknown opcode
+    path.write_bytes(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2) + b"garbage" * 4)
     with pytest.raises(CheckpointError) as err:
         load_teacher(path, format="rosinality")
     msg = str(err.value)
@@ -155,3 +160,47 @@ def test_nan_weights_are_rejected(tmp_path, tiny_teacher):
     torch.save({"g_ema": state}, tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="NaN"):
         load_teacher(tmp_path / "nan.pt")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One file of each format, and an HTML page, by name (read only: shared by the tests)."""
+    folder = tmp_path_factory.mktemp("formats")
+    teacher = random_generator(StyleGAN2Config.config_f(**TINY), seed=1)
+    save_teacher(teacher, folder / "project.safetensors")
+    save_rosinality(teacher, folder / "rosinality.pt")
+    save_nvidia_pickle(teacher, folder / "nvidia.pkl")
+    (folder / "page.html").write_bytes(b"<!doctype html><title>Sign in</title>")
+    return {p.stem: p for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("file, forced, looks", [
+    ("rosinality", "nvidia", "a rosinality/stylegan2-pytorch checkpoint"),
+    ("nvidia", "rosinality", "an NVIDIA network pickle"),
+    ("rosinality", "project", "a rosinality/stylegan2-pytorch checkpoint"),
+    ("project", "nvidia", "a project-format (safetensors) checkpoint"),
+])
+def test_forced_format_that_does_not_match_names_the_format_the_file_has(files, file, forced, looks):
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(files[file], forced, where="https://host/teacher", format_key="fetch_teacher.format")
+    assert str(err.value) == (f"https://host/teacher: fetch_teacher.format is {forced!r} but the file "
+                              f"looks like {looks}; set fetch_teacher.format: {file} or auto")
+
+
+def test_forced_format_on_a_file_of_no_known_format_says_so(files):
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(files["page"], "rosinality")
+    assert str(err.value) == (f"{files['page']}: format is 'rosinality' but the file is not a checkpoint "
+                              "of any known format (first bytes b'<!doctyp'); check that the source is "
+                              "the checkpoint file itself")
+
+
+@pytest.mark.parametrize("file, expected", [("rosinality", "not a readable torch checkpoint"),
+                                            ("nvidia", r"not a readable network pickle \(truncated or corrupt")])
+@pytest.mark.parametrize("forced", [False, True])
+def test_truncated_file_of_the_forced_or_detected_format_is_called_corrupt(files, tmp_path, file, expected,
+                                                                           forced):
+    cut = tmp_path / f"cut-{file}"
+    cut.write_bytes(files[file].read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match=f"cut-{file}: {expected}"):
+        load_teacher(cut, file if forced else "auto")

@@ -1,9 +1,13 @@
-"""Fixtures for the fetch tests: a real HTTP server on loopback and cache inspection helpers."""
+"""Fixtures for the fetch tests: real HTTP(S) servers on loopback and cache inspection helpers."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
+import ipaddress
 import socket
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +30,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     hits: Counter = field(default_factory=Counter)  # path (no query) -> requests
     auth: list[str | None] = field(default_factory=list)  # Authorization headers seen
+    connections: int = 0  # TCP connections accepted (a rejected TLS handshake sends no request)
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -76,18 +81,89 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def http_server() -> Iterator[FileServer]:
+@contextlib.contextmanager
+def _serving(tls: ssl.SSLContext | None = None) -> Iterator[FileServer]:
     state = FileServer(files={"teacher.pt": PAYLOAD, "other.pt": b"another checkpoint"})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[socket.socket, object]:
+            sock, addr = super().get_request()
+            state.connections += 1
+            if tls is None:
+                return sock, addr
+            try:  # the handshake; when it fails, the server drops the connection (OSError)
+                return tls.wrap_socket(sock, server_side=True), addr
+            except OSError:
+                sock.close()
+                raise
+
+    server = Server(("127.0.0.1", 0), _handler(state))
+    state.base = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def http_server() -> Iterator[FileServer]:
+    with _serving() as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(certificate, key) PEM files: a self-signed certificate for 127.0.0.1, as a server
+    with a private CA has (untrusted unless a CA bundle holding it is given)."""
+    pytest.importorskip("cryptography", reason="the cryptography package makes the test certificate")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())  # EC: generated in milliseconds
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fetch-test private CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        # Its own CA, so it can be the trust anchor of a bundle (strict X.509 checks want these).
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_server(self_signed_cert: tuple[Path, Path]) -> Iterator[FileServer]:
+    """The routes of ``http_server`` over TLS, with the self-signed certificate."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(*self_signed_cert)
+    with _serving(tls) as state:
+        yield state
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 
 import pytest
 
@@ -169,3 +170,25 @@ def test_a_401_says_where_credentials_go_and_never_the_url(http_server, cache_di
     message = str(refused.value)
     assert "HTTP 401" in message and "~/.netrc" in message and "STYLEGAN_MOBILE_HTTP_TOKEN" in message
     assert "in the URL" not in message and "user:password@" not in message
+
+
+def test_untrusted_certificate_fails_at_once_with_a_ca_bundle_hint(https_server, cache_dir, cache_files,
+                                                                   monkeypatch):
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests trusts either
+        monkeypatch.delenv(var, raising=False)
+    url = https_server.url("/files/teacher.pt")
+    start = time.monotonic()
+    with pytest.raises(FetchError) as err:
+        fetch(url, cache_dir=cache_dir, **{**FAST, "backoff_s": 5.0})  # a retry would sleep 5 s
+    assert time.monotonic() - start < 4
+    message = str(err.value)
+    assert message.startswith(f"{url}: TLS certificate verification failed (self")  # self-signed
+    assert "REQUESTS_CA_BUNDLE" in message and "\n" not in message
+    assert https_server.connections == 1 and not https_server.hits  # one try, no request sent
+    assert cache_files() == []
+
+
+def test_ca_bundle_from_the_environment_is_trusted(https_server, self_signed_cert, cache_dir, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(self_signed_cert[0]))  # as the README says
+    got = fetch(https_server.url("/files/teacher.pt"), sha256=PAYLOAD_SHA, cache_dir=cache_dir, **FAST)
+    assert (got.scheme, got.sha256) == ("https", PAYLOAD_SHA)
