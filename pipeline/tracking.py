@@ -206,6 +206,7 @@ class StageRun:
 
     def _send_all(self) -> None:
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         client = mlflow.MlflowClient()
         while (record := self._queue.get()) is not None:
@@ -213,10 +214,16 @@ class StageRun:
                 try:
                     send(client, self.run_id, record)
                     continue
-                except Exception as e:  # the server went away (or refused): never the stage's problem
+                except MlflowException as e:
+                    if 400 <= e.get_http_status_code() < 500:  # the record is refused, the server is fine
+                        log.warning("tracking: MLflow refused a %s record: %s", record["kind"],
+                                    scrub_secrets(str(e))[:300])
+                        continue
                     self._down = True
-                    log.warning("tracking: %s; the stage goes on, what is left to log is kept "
-                                "in %s", scrub_secrets(f"{type(e).__name__}: {e}")[:300], self.spool)
+                except Exception:  # the server went away: never the stage's problem
+                    self._down = True
+                log.warning("tracking: the server stopped answering; the stage goes on, what is "
+                            "left to log is kept in %s", self.spool)
             self._append(record)
 
     def _append(self, record: dict[str, Any]) -> None:
