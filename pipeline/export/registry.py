@@ -39,14 +39,17 @@ def register_onnx(folder: Path, cfg: Export, run_id: str | None) -> str | None:
     shape = next(i["shape"] for i in card["inputs"] if i["name"] == kind)
     x = torch.randn([1, *shape[1:]], generator=torch.Generator().manual_seed(0))
     signature = infer_signature({kind: x.numpy()}, {"image": run_onnx(path, x).numpy()})
-    with mlflow.start_run(run_id=run_id):  # log_model logs to the active run; the stage ends it
+    client = mlflow.MlflowClient()
+    # log_model logs to the active run (the stage ends it); start_run refuses a run of
+    # another experiment than the one the process last set
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+    with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(path)), name=f"{card['name']}-onnx", signature=signature,
             registered_model_name=cfg.registry.name, save_as_external_data=False,
             pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         )
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
     client.update_model_version(cfg.registry.name, version,
                                 description=(folder / CARD_MD).read_text()[:MAX_DESCRIPTION])
     for key, value in (("input", kind), ("resolution", card["resolution"]),
