@@ -27,6 +27,7 @@ pipeline load only inside tasks.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ REPO = Path(os.environ.get("STYLEGAN_MOBILE_REPO", Path(__file__).resolve().pare
 # The project environment's bin/ (where dvc and python live): the one running Airflow.
 ENV_BIN = os.environ.get("STYLEGAN_MOBILE_BIN", str(Path(sys.executable).parent))
 RUNNER = os.environ.get("STYLEGAN_MOBILE_RUNNER", "local")
+BAD_INPUT = 2  # the stage CLIs' exit status for bad input: retrying cannot help
 
 # Per-stage limits (a real FFHQ distillation takes days); other stages get the default.
 STAGE_TIMEOUTS = {
@@ -106,7 +108,13 @@ def _profiles() -> list[str]:
 
 
 def _on_failure(context) -> None:
-    """Record a failed task in MLflow, on the pipeline's parent run when one exists."""
+    """Record a failed task on the DAG run's pipeline run in MLflow (created if the failure
+    came before any stage, e.g. a bad override): the failing task, its one-line error, and
+    the run marked FAILED."""
+    if str(REPO) not in sys.path:  # the pipeline of the repository this DAG drives
+        sys.path.insert(0, str(REPO))
+    from pipeline.redaction import scrub_secrets
+
     try:
         import mlflow
 
@@ -114,15 +122,16 @@ def _on_failure(context) -> None:
 
         experiment_id = tracking.setup(root=REPO)
         client = mlflow.MlflowClient()
-        parent = tracking.find_pipeline_run(client, experiment_id, f"airflow-{context['run_id']}")
         ti = context["task_instance"]
-        message = f"{ti.task_id} failed (try {ti.try_number}): {context.get('exception')}"[:500]
-        if parent:
-            client.set_tag(parent, f"airflow_failure.{ti.task_id}", message)
-            client.set_terminated(parent, "FAILED")
+        tags = {**tracking.provenance_tags(REPO), "airflow_dag_id": DAG_ID,
+                "airflow_run_id": context["run_id"]}
+        parent = tracking.pipeline_run(client, experiment_id, f"airflow-{context['run_id']}", tags)
+        error = scrub_secrets(str(context.get("exception") or "failed"))[:500]
+        client.set_tag(parent, "failed_task", ti.task_id)
+        client.set_tag(parent, "error", f"{ti.task_id}: {error}")
+        client.set_tag(parent, f"airflow_failure.{ti.task_id}", f"try {ti.try_number}: {error}")
+        client.set_terminated(parent, "FAILED")
     except Exception as e:  # never mask the task's own failure
-        from pipeline.redaction import scrub_secrets
-
         print(scrub_secrets(f"could not record the failure in MLflow: {e}"), file=sys.stderr)
 
 
@@ -136,13 +145,38 @@ TASK_ENV = {
 }
 
 
-def local_task(task_id: str, command: str, timeout: timedelta):
-    env = {**TASK_ENV, "PATH": f"{ENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    return BashOperator(task_id=task_id, bash_command=command, cwd=str(REPO), env=env,
-                        append_env=True, execution_timeout=timeout)
+class ProjectTask(BashOperator):
+    """A task of the project: its command runs through ``dags/run_task.py`` with the project
+    environment first on PATH, set inside the command (a worker's shell may read start-up
+    files, ~/.bashrc under sshd or systemd, that put another python first). Exit status 2
+    (bad input) fails the task for good, without retries; any failure's message is the
+    command's last line (the stage's one-line error), not a generic one."""
+
+    def __init__(self, *, command: str, **kwargs) -> None:
+        self.command = command  # what the task does (bash_command wraps it)
+        bin_dir = shlex.quote(ENV_BIN)
+        super().__init__(bash_command=f'export PATH={bin_dir}:"$PATH"; '
+                                      f"exec {bin_dir}/python dags/run_task.py {command}", **kwargs)
+
+    def _run_inline_command(self, bash_path: str, env: dict):  # BashOperator's runner, wrapped
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        result = super()._run_inline_command(bash_path=bash_path, env=env)
+        if result.exit_code == BAD_INPUT:
+            raise AirflowFailException(f"bad input, not retried: {result.output}")
+        if result.exit_code != 0:
+            raise AirflowException(f"exit status {result.exit_code}: {result.output}")
+        return result
 
 
-def pod_task(task_id: str, command: str, timeout: timedelta, gpus: int = 0):
+def local_task(task_id: str, command: str, timeout: timedelta, retries: int | None = None):
+    extra = {} if retries is None else {"retries": retries}
+    return ProjectTask(task_id=task_id, command=command, cwd=str(REPO), env=TASK_ENV,
+                       append_env=True, execution_timeout=timeout, **extra)
+
+
+def pod_task(task_id: str, command: str, timeout: timedelta, gpus: int = 0,
+             retries: int | None = None):
     """A pod of the project image on the shared workspace (infra/k8s/pod-templates/)."""
     from kubernetes.client import models as k8s  # loaded with KubernetesPodOperator
 
@@ -175,6 +209,7 @@ def pod_task(task_id: str, command: str, timeout: timedelta, gpus: int = 0):
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
         execution_timeout=timeout,
+        **({} if retries is None else {"retries": retries}),
     )
 
 
@@ -227,8 +262,10 @@ with DAG(
     tags=["stylegan-mobile", "dvc", RUNNER],
 ) as dag:
     run_task = local_task if RUNNER == "local" else pod_task
-    params = run_task("params", "python dags/run_params.py apply", timedelta(minutes=10))
-    restore = run_task("restore_params", "python dags/run_params.py restore", timedelta(minutes=10))
+    # params and restore fail only on bad input or a broken workspace: never retried
+    params = run_task("params", "python dags/run_params.py apply", timedelta(minutes=10), retries=0)
+    restore = run_task("restore_params", "python dags/run_params.py restore", timedelta(minutes=10),
+                       retries=0)
     graph = stage_graph(REPO / "dvc.yaml")
     stage_tasks = build_tasks(REPO / "dvc.yaml", RUNNER)
     firsts = [stage_tasks[n] for n, up in graph.items() if not up]

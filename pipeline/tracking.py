@@ -160,10 +160,12 @@ def find_pipeline_run(client, experiment_id: str, group: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def _parent_run_id(client, experiment_id: str, group: str, tags: dict[str, str]) -> str:
-    """Find the pipeline's parent run for this group key, or create it."""
+def pipeline_run(client, experiment_id: str, group: str, tags: Mapping[str, str]) -> str:
+    """The id of the parent run of the pipeline run ``group``, created when missing. It
+    stands for the whole run (a DAG run), so no task's id is among its tags."""
     if (run_id := find_pipeline_run(client, experiment_id, group)) is not None:
         return run_id
+    tags = {k: v for k, v in tags.items() if k != "airflow_task_id"}
     run = client.create_run(
         experiment_id, run_name=f"pipeline {group}",
         tags={**tags, "role": "pipeline", "run_group": group},
@@ -313,7 +315,7 @@ def stage_run(
         experiment_id = setup(root=root)
         client = mlflow.MlflowClient()
         close_abandoned_runs(client, experiment_id, stage)
-        parent = _parent_run_id(client, experiment_id, group, base_tags) if group else None
+        parent = pipeline_run(client, experiment_id, group, base_tags) if group else None
         nested = {"mlflow.parentRunId": parent} if parent else {}
         started = client.create_run(experiment_id, run_name=stage,
                                     tags={**header["tags"], **nested})
@@ -364,7 +366,7 @@ def replay_file(path: Path, root: str | Path = ".") -> str:
     if run_id is None:
         tags = dict(header["tags"])
         if group := header.get("group"):
-            tags["mlflow.parentRunId"] = _parent_run_id(client, experiment_id, group,
+            tags["mlflow.parentRunId"] = pipeline_run(client, experiment_id, group,
                                                          header["tags"])
         run_id = client.create_run(experiment_id, start_time=header["start_ms"], tags=tags,
                                    run_name=header["stage"]).info.run_id

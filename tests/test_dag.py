@@ -57,7 +57,10 @@ def test_tasks_are_the_dvc_stages_with_retries_backoff_timeouts_and_no_catchup(n
         task = dag.get_task(name)
         assert task.retries >= 1 and task.retry_exponential_backoff
         assert task.execution_timeout == nightly.STAGE_TIMEOUTS.get(name, nightly.DEFAULT_TIMEOUT)
-        assert task.bash_command == f"dvc repro --single-item {name}"
+        assert task.command == f"dvc repro --single-item {name}"
+        # the project's own python and dvc, whatever the worker's shell start-up files say
+        assert task.bash_command == (f'export PATH={nightly.ENV_BIN}:"$PATH"; exec '
+                                     f"{nightly.ENV_BIN}/python dags/run_task.py {task.command}")
         assert task.cwd == str(REPO)
         assert task.on_failure_callback
     assert dag.get_task("distill").execution_timeout > dag.get_task("fetch_teacher").execution_timeout
@@ -93,8 +96,9 @@ def test_a_manual_run_takes_a_profile_and_overrides_applied_by_a_setup_task(nigh
     assert dag.params["overrides"] == []
     setup, teardown = dag.get_task("params"), dag.get_task("restore_params")
     assert setup.is_setup and teardown.is_teardown
-    assert setup.bash_command == "python dags/run_params.py apply"
-    assert teardown.bash_command == "python dags/run_params.py restore"
+    assert setup.command == "python dags/run_params.py apply"
+    assert teardown.command == "python dags/run_params.py restore"
+    assert setup.retries == teardown.retries == 0  # bad input or a broken workspace: retrying cannot help
     for name in stage_names():  # every stage runs after the params are written
         assert "params" in dag.get_task(name).get_flat_relative_ids(upstream=True)
         assert name in teardown.get_flat_relative_ids(upstream=True)
@@ -267,28 +271,116 @@ def test_the_dag_file_parses_in_well_under_a_second(runner, tmp_path):
     assert figures["first_parse_s"] < 1.0
 
 
-@pytest.mark.slow
-def test_airflow_dags_test_with_overrides_runs_the_stage_with_them_and_restores_params(tmp_path):
-    """A manual run end to end (`airflow dags test -c`), on a copy trimmed to fetch_teacher."""
+def decoy_shell(tmp_path: Path) -> dict[str, str]:
+    """A worker whose bash reads ~/.bashrc (as a scheduler started under systemd or nohup
+    sees it: no shell level, SSH_CLIENT set), which puts a decoy ``python`` and ``dvc``
+    first on PATH: tasks must not run them."""
+    decoy, home = tmp_path / "decoy-bin", tmp_path / "home"
+    decoy.mkdir()
+    home.mkdir()
+    for name in ("python", "python3", "dvc"):
+        (decoy / name).write_text("#!/bin/sh\necho 'decoy executable ran' >&2\nexit 97\n")
+        (decoy / name).chmod(0o755)
+    (home / ".bashrc").write_text(f'export PATH="{decoy}:$PATH"\n')
+    return {"HOME": str(home), "SSH_CLIENT": "127.0.0.1 50000 22", "SHLVL": "0"}
+
+
+def airflow_workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the repository trimmed to fetch_teacher, an Airflow home with its database,
+    and the environment of a worker with a decoy python (see :func:`decoy_shell`)."""
     from tests.conftest import ENV_BIN, copy_repo, env_with_venv, tiny_params
 
     repo = copy_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch_teacher": stages["fetch_teacher"]}}))
-    committed = (repo / "params.yaml").read_bytes()
     home = tmp_path / "airflow"
     env = env_with_venv(
         AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
-        STYLEGAN_MOBILE_REPO=str(repo), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        STYLEGAN_MOBILE_REPO=str(repo), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        **decoy_shell(tmp_path))
     subprocess.run([f"{ENV_BIN}/airflow", "db", "migrate"], cwd=repo, env=env, capture_output=True, check=True)
-    conf = json.dumps({"overrides": ["fetch_teacher.random.seed=3"]})
-    result = subprocess.run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22",
-                             "-c", conf], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    return repo, env
+
+
+def dags_test(repo: Path, env: dict[str, str], overrides: list[str]) -> subprocess.CompletedProcess:
+    from tests.conftest import ENV_BIN
+
+    return subprocess.run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22",
+                           "-c", json.dumps({"overrides": overrides})], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_with_overrides_runs_the_stage_with_them_and_restores_params(tmp_path):
+    """A manual run end to end (`airflow dags test -c`), on a copy trimmed to fetch_teacher,
+    on a worker whose shell start-up files put a decoy python first."""
+    repo, env = airflow_workspace(tmp_path)
+    committed = (repo / "params.yaml").read_bytes()
+    result = dags_test(repo, env, ["fetch_teacher.random.seed=3"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert json.loads((repo / "artifacts/teacher/metadata.json").read_text())["random_seed"] == 3
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch_teacher"]["params"]["params.yaml"]
     assert lock["fetch_teacher"]["random"]["seed"] == 3  # dvc.lock records what ran
     assert (repo / "params.yaml").read_bytes() == committed  # the teardown put it back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, task, error", [
+    ("fetch_teacher.random.seed=-5", "params", "fetch_teacher.random.seed"),  # refused by params
+    ("fetch_teacher.source=/no/such/teacher.pt", "fetch_teacher",  # refused by the stage (exit 2)
+     "fetch_teacher: error: /no/such/teacher.pt"),
+])
+def test_bad_input_fails_at_once_and_the_failure_is_on_the_pipeline_run(tmp_path, override, task,
+                                                                         error):
+    """Bad input (exit 2) is not retried: one try, and the DAG run's pipeline run in MLflow
+    is FAILED with the failing task and its one-line error, also when no stage ran."""
+    import mlflow
+
+    repo, env = airflow_workspace(tmp_path)
+    committed = (repo / "params.yaml").read_bytes()
+    result = dags_test(repo, env, [override])
+    log = result.stdout + result.stderr
+    assert "up_for_retry" not in log.lower() and "decoy executable" not in log, log[-4000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        (run,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                    filter_string="tags.role = 'pipeline'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert run.info.status == "FAILED" and run.data.tags["failed_task"] == task
+    assert run.data.tags["error"].startswith(f"{task}: bad input, not retried: ")
+    assert error in run.data.tags["error"] and "\n" not in run.data.tags["error"]
+    assert "airflow_task_id" not in run.data.tags and run.data.tags["airflow_run_id"]
+    assert (repo / "params.yaml").read_bytes() == committed
+
+
+@pytest.mark.parametrize("script, status, last", [
+    # dvc repro reports the stage's exit 2 with its own 255: bad input, said as such
+    ("echo 'fetch_teacher: error: /x.pt: no such checkpoint file'; echo \"ERROR: failed to "
+     "reproduce 'fetch_teacher': failed to run: python -m components.fetch_teacher, exited "
+     "with 2\"; exit 255", 2, "fetch_teacher: error: /x.pt: no such checkpoint file"),
+    ("echo 'distill: error: boom'; echo \"ERROR: failed to run: python -m x, exited with 1\"; "
+     "exit 255", 255, "distill: error: boom"),  # a crash: retried as before
+    ("echo 'error: params.yaml: distill.steps: bad'; exit 2", 2, "error: params.yaml: distill.steps: bad"),
+    ("echo fine", 0, "fine"),
+])
+def test_run_task_says_bad_input_with_the_stages_one_line_error_last(script, status, last):
+    result = subprocess.run([sys.executable, str(REPO / "dags/run_task.py"), "bash", "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == status
+    assert result.stdout.strip().splitlines()[-1] == last
+
+
+def test_a_task_that_exits_2_fails_for_good_with_its_last_line(nightly, tmp_path):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    task = nightly.ProjectTask(task_id="t", command="bash -c 'echo distill: error: bad; exit 2'",
+                               cwd=str(REPO))
+    with pytest.raises(AirflowFailException, match="bad input, not retried: distill: error: bad"):
+        task._run_inline_command(bash_path="bash", env=dict(os.environ))
+    task = nightly.ProjectTask(task_id="t", command="bash -c 'echo oops; exit 3'", cwd=str(REPO))
+    with pytest.raises(AirflowException, match="exit status 3: oops"):
+        task._run_inline_command(bash_path="bash", env=dict(os.environ))
