@@ -18,10 +18,12 @@ Where the tasks run (``STYLEGAN_MOBILE_RUNNER``):
   distill runs as one multi-GPU ``torchrun`` job whose command is dvc.yaml's with
   ``python -m`` replaced by ``torchrun --nproc_per_node N -m`` (``dvc commit`` records it).
 
-Only light imports at module level: Airflow parses this file often. The operators are
-imported at the top so that Airflow's DAG processor imports them once, before it forks
-the parsing processes (``parsing_pre_import_modules``); torch, mlflow, dvc and the
-pipeline load only inside tasks.
+Only light imports at module level: Airflow parses this file often, and every task
+process parses it again before it runs. The Bash operator is imported at the top;
+Airflow's DAG processor imports the airflow modules it finds in the file once, before
+it forks the parsing processes (``parsing_pre_import_modules``). The Kubernetes operator
+and client load only in the cluster variant, torch, mlflow, dvc and the pipeline only
+inside tasks.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
@@ -178,7 +179,10 @@ def local_task(task_id: str, command: str, timeout: timedelta, retries: int | No
 def pod_task(task_id: str, command: str, timeout: timedelta, gpus: int = 0,
              retries: int | None = None):
     """A pod of the project image on the shared workspace (infra/k8s/pod-templates/)."""
-    from kubernetes.client import models as k8s  # loaded with KubernetesPodOperator
+    # Only the cluster variant loads the Kubernetes client (seconds): every local task
+    # process parses this file again before it runs.
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
 
     template = K8S["templates"] / ("gpu-stage.yaml" if gpus else "cpu-stage.yaml")
     resources = None

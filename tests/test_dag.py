@@ -228,10 +228,11 @@ def test_torchrun_command_refuses_a_stage_that_is_not_a_python_module(nightly, t
 
 
 def test_the_dag_file_imports_nothing_heavy_at_module_level():
-    """Airflow re-parses DAG files often: torch, mlflow and the pipeline load only in tasks."""
+    """Airflow re-parses DAG files often (and every task process once more): torch, mlflow
+    and the pipeline load only in tasks, the Kubernetes client only in the cluster variant."""
     probe = (
         "import sys, runpy; runpy.run_path(sys.argv[1]); "
-        "heavy = [m for m in ('torch', 'mlflow', 'pipeline', 'dvc') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'mlflow', 'pipeline', 'dvc', 'kubernetes') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", probe, str(DAG_FILE)],
@@ -268,7 +269,9 @@ def test_the_dag_file_parses_in_well_under_a_second(runner, tmp_path):
     print(f"\n{runner}: DAG file parse {figures['parse_s'] * 1000:.0f} ms "
           f"(first {figures['first_parse_s'] * 1000:.0f} ms; airflow imports before it "
           f"{figures['pre_import_s']:.2f} s)")
-    assert figures["first_parse_s"] < 1.0
+    # A local task process parses the file cold: nothing slow may load. The cluster
+    # variant's first parse loads the Kubernetes client (its tasks need it anyway).
+    assert figures["first_parse_s" if runner == "local" else "parse_s"] < 1.0
 
 
 def decoy_shell(tmp_path: Path) -> dict[str, str]:
