@@ -47,6 +47,7 @@ from .scratch import alive, owner
 
 EXPERIMENT = "stylegan-mobile"
 RUN_GROUP_ENV = "STYLEGAN_MOBILE_RUN_GROUP"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 TRACKING_ENV = "STYLEGAN_MOBILE_TRACKING"  # "off": run untracked, spool for a later replay
 SPOOL_ENV = "STYLEGAN_MOBILE_TRACKING_SPOOL"
 _MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
@@ -109,12 +110,16 @@ def setup(experiment: str = EXPERIMENT, root: str | Path = ".") -> str:
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND) != "custom_model_development":
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(experiment, artifact_location=location)
+        # a model-training experiment: the UI opens on its runs, not on GenAI traces
+        return client.create_experiment(experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created concurrently by another stage
         return client.get_experiment_by_name(experiment).experiment_id
 
@@ -179,8 +184,10 @@ class StageRun:
     for gone: that call and every later one go to the spool file, and :meth:`close` sends
     the spool if the server is back by then. ``run_id`` None: tracking is off, all spools."""
 
-    def __init__(self, run_id: str | None, spool: Path, header: dict[str, Any]) -> None:
+    def __init__(self, run_id: str | None, spool: Path, header: dict[str, Any],
+                 parent_id: str | None = None) -> None:
         self.run_id = run_id
+        self.parent_id = parent_id  # the pipeline's parent run, when grouped
         self.spool = spool
         self._header = {**header, "run_id": run_id}
         self._down = run_id is None
@@ -189,9 +196,7 @@ class StageRun:
         self._sender.start()
 
     def log_params(self, params: BaseModel | Mapping[str, Any], prefix: str = "") -> None:
-        data = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
-        self._queue.put({"kind": "params",
-                         "values": {f"{prefix}{k}": _param_value(v) for k, v in flatten(data).items()}})
+        self._queue.put({"kind": "params", "values": _flat_params(params, prefix)})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         flat = {k: float(v) for k, v in flatten(dict(metrics)).items()
@@ -205,6 +210,23 @@ class StageRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._queue.put({"kind": "artifact", "path": str(Path(path).resolve()),
                          "folder": artifact_path})
+
+    def update_pipeline_run(self, metrics: Mapping[str, float], params: BaseModel,
+                            tags: Mapping[str, str], files: list[Path]) -> None:
+        """Put headline figures, the effective params, tags and summary files (under
+        ``summary/``) on the pipeline's parent run, then rewrite its description (MLflow's
+        note) from everything it holds; nothing when the stage is not grouped."""
+        if self.parent_id is None and not self._header.get("group"):
+            return
+        records = [{"kind": "metrics", "values": dict(metrics), "step": 0,
+                    "time_ms": int(time.time() * 1000)},
+                   {"kind": "params", "values": _flat_params(params)},
+                   {"kind": "tags", "values": dict(tags)},
+                   *({"kind": "artifact", "path": str(Path(f).resolve()), "folder": "summary"}
+                     for f in files),
+                   {"kind": "note"}]
+        for record in records:
+            self._queue.put({**record, "parent_run": self.parent_id})
 
     def _send_all(self) -> None:
         import mlflow
@@ -252,9 +274,15 @@ class StageRun:
 
 
 def send(client, run_id: str, record: dict[str, Any]) -> None:
-    """Log one queued or spooled record to the run ``run_id``."""
+    """Log one queued or spooled record to the run ``run_id`` (or to the pipeline's parent
+    run, for the records that name it)."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from .headline import describe
+
+    if "parent_run" in record:
+        if (run_id := record["parent_run"]) is None:
+            return  # untracked and ungrouped: nothing to update
     kind = record["kind"]
     if kind == "params":
         params = [Param(k, v) for k, v in record["values"].items()]
@@ -274,12 +302,20 @@ def send(client, run_id: str, record: dict[str, Any]) -> None:
             client.log_artifact(run_id, str(path), record["folder"])
         else:
             log.warning("tracking: %s is gone; not logged", path)
+    elif kind == "note":
+        run = client.get_run(run_id)
+        client.set_tag(run_id, "mlflow.note.content", describe(run.data.metrics, run.data.tags))
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
         if parent := record.get("parent"):
             for key, value in parent.get("tags", {}).items():
                 client.set_tag(parent["run_id"], key, value)
             client.set_terminated(parent["run_id"], parent["status"])
+
+
+def _flat_params(params: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
+    return {f"{prefix}{k}": _param_value(v) for k, v in flatten(data).items()}
 
 
 def _param_value(value: Any) -> str:
@@ -320,7 +356,7 @@ def stage_run(
         started = client.create_run(experiment_id, run_name=stage,
                                     tags={**header["tags"], **nested})
         run = StageRun(started.info.run_id, spool,
-                       {**header, "reason": "the tracking server stopped answering"})
+                       {**header, "reason": "the tracking server stopped answering"}, parent)
     run.log_params(params)
     try:
         yield run
@@ -372,9 +408,12 @@ def replay_file(path: Path, root: str | Path = ".") -> str:
                                    run_name=header["stage"]).info.run_id
     send(client, run_id, {"kind": "tags", "values": {"logged_late": "true",
                                                      "logged_late_reason": header["reason"]}})
+    parent = find_pipeline_run(client, experiment_id, header["group"]) if header.get("group") else None
     for record in records:
         if record["kind"] == "end" and record.get("parent") and record["parent"]["run_id"] is None:
-            record["parent"]["run_id"] = find_pipeline_run(client, experiment_id, header["group"])
+            record["parent"]["run_id"] = parent
+        if "parent_run" in record and record["parent_run"] is None:
+            record["parent_run"] = parent
         send(client, run_id, record)
     path.unlink()
     return run_id

@@ -14,7 +14,9 @@ Every stage module has the same shape:
 folder (pipeline/scratch.py), and does what every stage does after its work: add its
 cost (``seconds``, ``peak_rss_gb``, ``peak_gpu_gb`` on a GPU: pipeline/usage.py), write
 ``metrics/<stage>.json``, log the metrics, tags and artifacts, and set the one
-``stand_in_weights`` tag. ``components/<stage>.py`` is just its CLI.
+``stand_in_weights`` tag; the pipeline's parent run gets the stage's headline figures
+(pipeline/headline.py), the effective params and its summary files.
+``components/<stage>.py`` is just its CLI.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from .. import scratch, tracking, usage
 from ..errors import PipelineError
+from ..headline import headline
 from ..io import write_json
 from ..params import Params
 
@@ -55,6 +58,7 @@ class StageResult:
     artifacts: dict[str | Path, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     stand_ins: list[str] = field(default_factory=list)
+    summary: list[Path] = field(default_factory=list)  # also shown on the pipeline run (report, grids)
 
 
 def load(name: str) -> ModuleType:
@@ -93,6 +97,10 @@ def _execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | 
         tracker.set_tags({**result.tags, "stand_in_weights": str(bool(result.stand_ins)).lower()})
         for path, folder in {**result.artifacts, metrics_path: stage.NAME}.items():
             tracker.log_artifact(path, folder)
+        pipeline_tags = {"profile": params.profile,
+                         **({"stand_in_weights": "true"} if result.stand_ins else {})}
+        tracker.update_pipeline_run(headline(stage.NAME, result.metrics), params, pipeline_tags,
+                                    [f for f in result.summary if Path(f).is_file()])
     return result
 
 

@@ -122,4 +122,4 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                                                        stand_in_name("kid", features.stand_in): "kid"})
     return StageResult(metrics, {paths.out: NAME, paths.plots: f"{NAME}/plots"},
                        {"lpips_network": lpips.name, "feature_network": features.name},
-                       stand_ins(lpips, features))
+                       stand_ins(lpips, features), summary=[Path(paths.out) / "samples.png"])

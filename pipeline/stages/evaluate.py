@@ -435,4 +435,5 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     tags = {"fid_reference": figures["_meta"]["reference"], "student_ema": header.get("ema", "unknown"),
             "lpips_network": lpips.name, "feature_network": features.name}
     return StageResult(metrics, {out_dir: NAME, plots_dir: NAME}, tags,
-                       ["teacher"] * stand_in_teacher + stand_ins(lpips, features))
+                       ["teacher"] * stand_in_teacher + stand_ins(lpips, features),
+                       summary=[out_dir / "report.md", out_dir / "grid.png", out_dir / "pareto.png"])
