@@ -173,7 +173,7 @@ def pipeline_run(client, experiment_id: str, group: str, tags: Mapping[str, str]
     tags = {k: v for k, v in tags.items() if k != "airflow_task_id"}
     run = client.create_run(
         experiment_id, run_name=f"pipeline {group}",
-        tags={**tags, "role": "pipeline", "run_group": group},
+        tags=_with_context({**tags, "role": "pipeline", "run_group": group}),
     )
     return run.info.run_id
 
@@ -313,6 +313,13 @@ def send(client, run_id: str, record: dict[str, Any]) -> None:
             client.set_terminated(parent["run_id"], parent["status"])
 
 
+def _with_context(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` plus what MLflow's fluent API would add (user, source), shown by the UI."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags(tags)
+
+
 def _flat_params(params: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     data = params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
     return {f"{prefix}{k}": _param_value(v) for k, v in flatten(data).items()}
@@ -354,7 +361,7 @@ def stage_run(
         parent = pipeline_run(client, experiment_id, group, base_tags) if group else None
         nested = {"mlflow.parentRunId": parent} if parent else {}
         started = client.create_run(experiment_id, run_name=stage,
-                                    tags={**header["tags"], **nested})
+                                    tags=_with_context({**header["tags"], **nested}))
         run = StageRun(started.info.run_id, spool,
                        {**header, "reason": "the tracking server stopped answering"}, parent)
     run.log_params(params)

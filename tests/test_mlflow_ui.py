@@ -80,6 +80,8 @@ def pipeline_runs(mlflow_server, tmp_path, monkeypatch) -> dict[str, str]:
     with tracking.stage_run("distill", params.distill, tags=tags, root=REPO) as run:
         run.log_metrics({"lpips_to_teacher_end": 0.4321, "images_per_second": 12.5})
         run.log_artifact(grid, "distill")
+        run.update_pipeline_run({"distill_steps": 8, "distill_psnr_start": 12.5,
+                                 "distill_psnr_end": 19.25}, params, {"profile": "test-tiny"}, [grid])
         distill = run.run_id
     client = mlflow.MlflowClient()
     parent = client.get_run(distill).data.tags["mlflow.parentRunId"]
@@ -114,6 +116,12 @@ def test_the_mlflow_ui_shows_the_pipeline_run_its_stage_runs_metrics_and_sample_
     names = {c.text.strip().splitlines()[-1] for c in cells if c.text.strip()}  # after the colour tag
     assert {f"pipeline {GROUP}", "fetch_teacher", "distill"} <= names, names
     screenshot(browser, tmp_path, "runs.png")
+
+    # The pipeline run: its headline figures and its description (Markdown).
+    browser.get(f"{experiment}/runs/{pipeline_runs['parent']}")
+    shown = ("distill_psnr_end", "19.25", "Distilled 8 steps: PSNR to the teacher 12.50 -> 19.25 dB")
+    wait.until(lambda d: all(s in d.find_element(By.TAG_NAME, "body").text for s in shown))
+    screenshot(browser, tmp_path, "pipeline_run.png")
 
     # A stage run: its key metrics, its parent, the provenance tags.
     browser.get(f"{experiment}/runs/{pipeline_runs['distill']}")
