@@ -7,22 +7,22 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
 
-from pipeline.errors import FetchError
+from pipeline.errors import FetchError, causes, os_reason
 from pipeline.redaction import redact_uri, scrub
 
 log = logging.getLogger("pipeline.fetch")
 
 CHUNK = 1 << 20
 T = TypeVar("T")
-__all__ = ["FetchedFile", "Transient", "os_reason", "redact_uri", "scrub", "stream_to_file",
-           "with_retries"]
+__all__ = ["FetchedFile", "Transient", "causes", "os_reason", "redact_uri", "scrub",
+           "stream_to_file", "with_retries"]
 
 
 @dataclass(frozen=True)
@@ -78,30 +78,3 @@ def stream_to_file(chunks: Iterable[bytes], dest: Path, *, total: int | None, de
     return digest.hexdigest(), size
 
 
-def causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception it wraps: causes, contexts, and the ``reason``/args that
-    requests and urllib3 nest theirs in."""
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
-        stack += [m for m in more if isinstance(m, BaseException)]
-
-
-def os_reason(exc: BaseException) -> str | None:
-    """The innermost OS-level reason (e.g. "Connection refused") in an exception chain.
-
-    requests/urllib3 exceptions quote the full URL (query string included) in their own
-    messages, so we report the underlying socket error instead.
-    """
-    for e in causes(exc):
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        if isinstance(e, TimeoutError):
-            return "timed out"
-    return None
