@@ -216,15 +216,26 @@ def full_disk_open(path, mode="r", *args, **kwargs):
     return builtins.open(path, mode, *args, **kwargs)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS's pick; free until someone binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening: connections are refused."""
+    return free_port()
+
+
 class MlflowServer:
     """A real ``mlflow server`` on a loopback port (SQLite runs, artifacts proxied to a
     folder) that a test can stop and start again on the same port and store."""
 
     def __init__(self, folder: Path, wait_s: float = 60) -> None:
         self.folder, self.wait_s = folder, wait_s
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

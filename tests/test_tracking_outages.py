@@ -5,7 +5,6 @@ the training is lost, no credential is printed, and the spool replays into MLflo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,6 @@ from pipeline.checkpoints import save_teacher
 from tests.conftest import REPO, MlflowServer, env_with_venv, tiny_distill, tiny_params
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -35,8 +28,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_an_unreachable_server_fails_fast_in_one_line_without_its_credentials(
-        workdir, monkeypatch, capsys):
-    uri = f"http://reviewer:s3cr3t-pw@127.0.0.1:{_closed_port()}"
+        workdir, monkeypatch, capsys, closed_port):
+    uri = f"http://reviewer:s3cr3t-pw@127.0.0.1:{closed_port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     assert fetch_main(["--params", "params.yaml", "--out", "teacher", "--no-progress"]) == 2
@@ -66,8 +59,9 @@ def test_a_crash_traceback_carries_no_credential(workdir, monkeypatch, capsys, m
     assert run.info.status == "FAILED" and "hunter2" not in run.data.tags["error"]
 
 
-def test_untracked_runs_are_spooled_and_replayed_later(workdir, monkeypatch, caplog, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+def test_untracked_runs_are_spooled_and_replayed_later(workdir, monkeypatch, caplog, tmp_path,
+                                                       closed_port):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv(tracking.TRACKING_ENV, "off")
     monkeypatch.setenv(tracking.RUN_GROUP_ENV, "nightly-1")
     assert fetch_main(["--params", "params.yaml", "--out", "teacher", "--no-progress"]) == 0

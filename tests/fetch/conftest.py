@@ -167,14 +167,6 @@ def https_server(self_signed_cert: tuple[Path, Path]) -> Iterator[FileServer]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A loopback port with nothing listening: connections are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
