@@ -20,7 +20,7 @@ def _number(value: Any) -> float | None:
 
 def _lpips_key(figures: Mapping[str, Any], suffix: str = "") -> str | None:
     """The LPIPS figure's name among ``figures`` (``lpips_alex``, ``lpips_vgg_randinit``, ...)."""
-    return next((k for k in figures if k.startswith("lpips_") and k.count("_teacher") == 0
+    return next((k for k in figures if k.startswith("lpips_") and "_teacher" not in k
                  and k.endswith(suffix)), None)
 
 
