@@ -42,9 +42,17 @@ def alive(pid: int) -> bool:
     return True
 
 
+_swept: set[tuple[Path, str]] = set()  # (folder, prefix) already swept by this process
+
+
 def sweep(folder: Path, prefix: str = "") -> list[Path]:
     """Remove the temporaries in ``folder`` (names starting with ``prefix``) that a process
-    of this host left when it was killed; those of live processes and other hosts stay."""
+    of this host left when it was killed; those of live processes and other hosts stay.
+    Once per folder and prefix in a process: what a killed run left was there before."""
+    key = (Path(folder).resolve(), prefix)
+    if key in _swept:
+        return []
+    _swept.add(key)
     host = owner().rsplit("-", 1)[0]
     removed = []
     with contextlib.suppress(FileNotFoundError):
