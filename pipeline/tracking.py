@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import PipelineError
+from .errors import PipelineError, os_reason
 from .params import flatten
 from .redaction import redact_uri, scrub_secrets
 from .scratch import alive, owner
@@ -82,8 +82,6 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     import requests
-
-    from .fetch.common import os_reason
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
@@ -285,7 +283,11 @@ def send(client, run_id: str, record: dict[str, Any]) -> None:
             return  # untracked and ungrouped: nothing to update
     kind = record["kind"]
     if kind == "params":
-        params = [Param(k, v) for k, v in record["values"].items()]
+        values = record["values"]
+        if "parent_run" in record:  # every stage sends them: the first one's are enough
+            logged = client.get_run(run_id).data.params
+            values = {k: v for k, v in values.items() if k not in logged}
+        params = [Param(k, v) for k, v in values.items()]
         for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
             client.log_batch(run_id, params=params[i : i + 100])
     elif kind == "metrics":
@@ -396,15 +398,13 @@ def close_abandoned_runs(client, experiment_id: str, stage: str) -> None:
                      run.info.run_id)
 
 
-def replay_file(path: Path, root: str | Path = ".") -> str:
+def replay_file(path: Path, root: str | Path = ".", store: tuple[Any, str] | None = None) -> str:
     """Log one spool file: into its run when it has one (the server died during it), else
-    into a new run (nested under its pipeline's parent run); returns the run id."""
-    import mlflow
-
+    into a new run (nested under its pipeline's parent run); returns the run id.
+    ``store``: (client, experiment id) when the caller has set them up already."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     header, records = lines[0], lines[1:]
-    experiment_id = setup(root=root)
-    client = mlflow.MlflowClient()
+    client, experiment_id = store or _store(root)
     run_id = header.get("run_id")
     if run_id is None:
         tags = dict(header["tags"])
@@ -428,7 +428,17 @@ def replay_file(path: Path, root: str | Path = ".") -> str:
 
 def replay(folder: Path, root: str | Path = ".") -> list[str]:
     """Log every spool file in ``folder``, oldest first; returns the run ids."""
-    return [replay_file(path, root) for path in sorted(folder.glob("*.jsonl"), key=os.path.getmtime)]
+    files = sorted(folder.glob("*.jsonl"), key=os.path.getmtime)
+    store = _store(root) if files else None  # one health check and experiment lookup
+    return [replay_file(path, root, store) for path in files]
+
+
+def _store(root: str | Path) -> tuple[Any, str]:
+    """A client of the configured tracking store and the experiment's id (checked reachable)."""
+    import mlflow
+
+    experiment_id = setup(root=root)
+    return mlflow.MlflowClient(), experiment_id
 
 
 def main(argv: list[str] | None = None) -> int:
