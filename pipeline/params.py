@@ -132,6 +132,10 @@ class StudentArch(Section):
     input_layer: Literal["dense", "separable"] = Field(
         "dense", description="the 4x4 conv: dense modulated 3x3 (MobileStyleGAN's code) or "
         "DW-separable (2.09M fewer parameters at 1024)")
+    init: Literal["random", "teacher"] = Field(
+        "random", description="random (the papers) | teacher: the 4x4 stage (constant, conv1, "
+        "first head) starts as the teacher's; needs input_layer: dense and the teacher's 4x4 "
+        "channels")
 
 
 class LossWeights(Section):

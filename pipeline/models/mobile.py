@@ -420,3 +420,32 @@ def fold_demodulation(student: MobileSynthesis) -> MobileSynthesis:
     if folded.cfg.demodulation == "fused":
         folded.cfg = folded.cfg.model_copy(update={"demodulation": "folded"})
     return folded
+
+
+@torch.no_grad()
+def init_from_teacher(student: MobileSynthesis, teacher) -> None:
+    """Start the student's 4x4 stage as the teacher's: the constant, the dense conv1
+    (weight, modulation, noise strength, bias) and head1 from to_rgb1. Both networks
+    then compute the same 4x4 features, so the first steps refine instead of rediscover
+    them. head1 is the teacher's RGB at 4x4: nearest-up-sampled to 8x8, its Haar LL band
+    is 2 x RGB (a 2x2 block of equal pixels), the other bands 0; UpToRGB takes it as is.
+    Demodulation is not copied: calibrate_demodulation sets the fused constants after."""
+    cfg = student.cfg
+    if cfg.input_layer != "dense":
+        raise ValueError("init_from_teacher needs input_layer='dense' (the teacher's conv1 is dense)")
+    t_conv, s_conv = teacher.conv1.conv, student.conv1.conv
+    if s_conv.weight.shape != t_conv.weight.shape[1:] or student.input.input.shape != teacher.input.input.shape:
+        raise ValueError(f"init_from_teacher needs the teacher's 4x4 widths: student conv1 "
+                         f"{list(s_conv.weight.shape)}, teacher {list(t_conv.weight.shape[1:])}")
+    student.input.input.copy_(teacher.input.input)
+    s_conv.weight.copy_(t_conv.weight[0])
+    s_conv.modulation.load_state_dict(t_conv.modulation.state_dict())
+    student.conv1.noise.load_state_dict(teacher.conv1.noise.state_dict())
+    student.conv1.activate.load_state_dict(teacher.conv1.activate.state_dict())
+    head, rgb = student.head1, teacher.to_rgb1
+    gain = 2.0 if head.kind == "wavelet" else 1.0
+    head.modulation.load_state_dict(rgb.conv.modulation.state_dict())
+    head.weight.zero_()
+    head.bias.zero_()
+    head.weight[:3] = gain * rgb.conv.weight[0]
+    head.bias[:3] = gain * rgb.bias.view(3)

@@ -52,7 +52,7 @@ from ..models.elastic import (
     subnet,
     uniform_widths,
 )
-from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation
+from ..models.mobile import MobileSynthesis, StudentConfig, calibrate_demodulation, init_from_teacher
 from ..models.sampling import downsample, teacher_styles, teacher_targets, upsample
 from ..models.stylegan2 import Generator, derived_seed
 from ..params import Distill
@@ -70,6 +70,18 @@ class DivergenceError(PipelineError):
 
 def student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
     """The student for this teacher; incompatible settings fail with the key to fix."""
+    student = _student_config(cfg, teacher)
+    want = teacher.cfg.channels[4]
+    if cfg.student.init == "teacher" and (student.input_layer != "dense"
+                                          or student.channels[4] != want):
+        raise PipelineError(
+            f"distill.student.init: teacher needs distill.student.input_layer: dense and the "
+            f"teacher's {want} channels at 4x4, got {student.input_layer} with "
+            f"{student.channels[4]}; set distill.student.init: random")
+    return student
+
+
+def _student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
     t = teacher.cfg
     arch = cfg.student
     try:
@@ -234,6 +246,8 @@ def distill(
                        f"{cfg.validation.num_samples} samples every {cfg.validation.every} steps")
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = MobileSynthesis(student_cfg).to(device).train()
+    if cfg.student.init == "teacher":
+        init_from_teacher(student, teacher)
     calibrate_demodulation(student, teacher_styles(  # overwritten when resuming
         teacher, CALIBRATION_SAMPLES, cfg.validation.batch_size, cfg.truncation_psi,
         torch.Generator().manual_seed(cfg.seed), device))

@@ -11,8 +11,9 @@ from pipeline.models.mobile import (
     ModulatedDWConv2d,
     StudentConfig,
     fold_demodulation,
+    init_from_teacher,
 )
-from pipeline.models.stylegan2 import ModulatedConv2d, StyleGAN2Config
+from pipeline.models.stylegan2 import Generator, ModulatedConv2d, StyleGAN2Config
 from pipeline.models.wavelets import dwt, idwt
 
 
@@ -181,3 +182,35 @@ def test_calibration_in_chunks_is_the_calibration_of_one_batch(tiny_teacher):
         assert not torch.allclose(a.style_inv, torch.ones_like(a.style_inv))
     with pytest.raises(ValueError, match="at least one sample"):
         calibrate_demodulation(one, [])
+
+
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_a_student_initialised_from_the_teacher_draws_its_4x4_image(head):
+    """Exact demodulation on both sides: the first image is the teacher's 4x4 RGB,
+    up-sampled (nearest for the Haar LL band, bilinear for UpToRGB)."""
+    torch.manual_seed(0)
+    teacher = Generator(StyleGAN2Config.config_f(16, channel_max=16, style_dim=8, n_mlp=1)).eval()
+    for p in teacher.parameters():  # non-trivial noise strengths and biases
+        p.data.add_(0.1 * torch.randn_like(p))
+    cfg = StudentConfig.from_teacher(teacher.cfg.channels, 16, 8, head=head, demodulation="exact")
+    student = MobileSynthesis(cfg)
+    init_from_teacher(student, teacher)
+    wplus = torch.randn(3, teacher.cfg.n_latent, 8)
+    noise = teacher.make_noise(3)
+    with torch.no_grad():
+        rgb = teacher.to_rgb1(teacher.conv1(teacher.input(3), wplus[:, 0], noise[0]), wplus[:, 1])
+        first = student.forward_all(wplus, noise).images[0]
+    mode = {"wavelet": {"mode": "nearest"}, "uptorgb": {"mode": "bilinear", "align_corners": False}}
+    want = torch.nn.functional.interpolate(rgb, scale_factor=2, **mode[head])
+    assert first.shape == (3, 3, 8, 8)
+    assert torch.allclose(first, want, atol=1e-5)
+
+
+def test_teacher_init_needs_the_teachers_dense_4x4_layer():
+    teacher = Generator(StyleGAN2Config.config_f(16, channel_max=16, style_dim=8, n_mlp=1))
+    separable = StudentConfig.from_teacher(teacher.cfg.channels, 16, 8, input_layer="separable")
+    with pytest.raises(ValueError, match="input_layer='dense'"):
+        init_from_teacher(MobileSynthesis(separable), teacher)
+    narrow = StudentConfig(resolution=16, style_dim=8, channels={4: 8, 8: 8})
+    with pytest.raises(ValueError, match="teacher's 4x4 widths"):
+        init_from_teacher(MobileSynthesis(narrow), teacher)

@@ -248,6 +248,10 @@ def test_snapshots_from_other_settings_are_moved_aside_not_resumed(
 def test_student_settings_that_do_not_fit_the_teacher_name_the_key(tiny_teacher):
     with pytest.raises(PipelineError, match="distill.student does not fit the 32x32 teacher"):
         student_config(distill_cfg(student={"channels": {4: 8, 8: 8}}), tiny_teacher)
+    with pytest.raises(PipelineError, match="distill.student.init: teacher needs distill.student"
+                       ".input_layer: dense and the teacher's 32 channels at 4x4, got separable"):
+        student_config(distill_cfg(student={"init": "teacher", "input_layer": "separable"}),
+                       tiny_teacher)
 
 
 def test_an_empty_real_image_folder_fails_before_training(tmp_path):
