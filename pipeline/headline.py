@@ -9,6 +9,7 @@ stand-in networks keep their ``_randinit`` part, as everywhere else.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 RUNTIMES = ("pytorch", "onnxruntime", "executorch")
@@ -57,6 +58,7 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
             for runtime in RUNTIMES:
                 batch_1 = figures.get("latency", {}).get(runtime, {}).get("batch_1", {})
                 out[f"{name}_ms_{runtime}"] = batch_1.get("median_ms")
+        out["regressed"] = metrics.get("regressed")
     elif stage == "export":
         errors = [_number(f.get(k)) for f in metrics.get("models", {}).values()
                   for k in ("onnx_max_abs_err", "pte_max_abs_err")]
@@ -89,6 +91,10 @@ def describe(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if "parity_max_abs_err" in metrics:
         lines.append(f"\nExport parity: max abs error {metrics['parity_max_abs_err']:.2e}.")
+    if tags.get("compared_with"):
+        verdict = (f"**Regressed**: {tags['regressed_figures']}" if tags.get("regressed") == "true"
+                   else "no key figure regressed")
+        lines.append(f"\nSince the last run (`{tags['compared_with']}`): {verdict}.")
     return "\n".join(lines)
 
 
@@ -96,3 +102,39 @@ def _cell(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+@dataclass
+class Comparison:
+    """This run's evaluate figures against the previous pipeline run's."""
+
+    previous: str | None = None  # that run's name; None: nothing to compare with
+    deltas: dict[str, float] = field(default_factory=dict)  # now - before, shared figures
+    regressions: list[str] = field(default_factory=list)  # "full_psnr -0.81 (tolerance 0.5)"
+
+
+def compare(now: Mapping[str, float], before: Mapping[str, float] | None, previous: str | None,
+            tolerance) -> Comparison:
+    """Deltas of the figures both runs have, and those that got worse beyond ``tolerance``
+    (params' ``evaluate.regression``): PSNR down, FID/KID or exploded samples up, the
+    1024 latency ratio down. Models only one run has are not compared."""
+    if before is None:
+        return Comparison()
+    deltas = {k: now[k] - before[k] for k in sorted(now) if k in before and k != "regressed"}
+    worse = []
+    for key, delta in deltas.items():
+        old = before[key]
+        if key.endswith("_psnr"):
+            bad, limit = -delta > tolerance.psnr_db, f"{tolerance.psnr_db} dB"
+        elif key.endswith("_exploded"):
+            bad, limit = delta > tolerance.exploded, f"{tolerance.exploded}"
+        elif any(key.endswith(f"_{m}") for m in ("fid", "fid_randinit", "kid", "kid_randinit")):
+            bad, limit = delta > tolerance.fid_relative * abs(old), f"{tolerance.fid_relative:.0%}"
+        elif key.startswith("latency_ratio_1024_"):
+            bad = -delta > tolerance.latency_ratio_relative * abs(old)
+            limit = f"{tolerance.latency_ratio_relative:.0%}"
+        else:
+            continue  # latencies in ms and the rest: reported, not judged
+        if bad:
+            worse.append(f"{key} {old:.4g} -> {now[key]:.4g} (tolerance {limit})")
+    return Comparison(previous, deltas, worse)

@@ -387,6 +387,20 @@ class Latency(Section):
     ratio_repeats: Annotated[int, Field(ge=1)] = 3
 
 
+class Regression(Section):
+    """How much worse than the previous finished pipeline run of the same profile a key
+    figure may get before the run is tagged ``regressed`` (figures of models both runs have)."""
+
+    psnr_db: Annotated[float, Field(ge=0)] = Field(
+        0.5, description="a model's median PSNR to the teacher falls by more than this (dB)")
+    fid_relative: Annotated[float, Field(ge=0)] = Field(
+        0.1, description="a model's FID or KID rises by more than this fraction")
+    latency_ratio_relative: Annotated[float, Field(ge=0)] = Field(
+        0.1, description="a teacher/student latency ratio at 1024 falls by more than this fraction")
+    exploded: Annotated[int, Field(ge=0)] = Field(
+        0, description="a model has more than this many more exploded samples")
+
+
 class Evaluate(Section):
     """Teacher, full student and every searched configuration, side by side."""
 
@@ -403,6 +417,7 @@ class Evaluate(Section):
     lpips: LpipsNet = Field("alex", description="LPIPS backbone of the distances to the teacher")
     latency: Latency = Latency()
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+    regression: Regression = Regression()
 
 
 class ExportParity(Section):

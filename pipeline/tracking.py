@@ -226,6 +226,29 @@ class StageRun:
         for record in records:
             self._queue.put({**record, "parent_run": self.parent_id})
 
+    def previous_pipeline_run(self, profile: str) -> tuple[str, dict[str, float]] | None:
+        """Name and headline figures of the latest finished pipeline run of ``profile``
+        other than this one, or None: there is none, tracking is off or the server is down
+        (a comparison is never worth failing a stage for)."""
+        if self.run_id is None or self._down or "'" in profile:
+            return None
+        import mlflow
+
+        query = (f"tags.role = 'pipeline' and tags.profile = '{profile}' and "
+                 "attributes.status = 'FINISHED'")
+        if group := self._header.get("group"):
+            query += f" and tags.run_group != '{group}'"
+        try:
+            client = mlflow.MlflowClient()
+            experiment = client.get_run(self.run_id).info.experiment_id
+            runs = client.search_runs([experiment], query, max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+        except Exception as e:
+            log.warning("tracking: could not look up the previous pipeline run: %s",
+                        scrub_secrets(str(e))[:300])
+            return None
+        return (runs[0].info.run_name, dict(runs[0].data.metrics)) if runs else None
+
     def _send_all(self) -> None:
         import mlflow
         from mlflow.exceptions import MlflowException

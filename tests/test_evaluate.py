@@ -140,6 +140,49 @@ def test_the_stage_cli_logs_to_mlflow_and_rejects_a_bad_npz(inputs, monkeypatch,
     assert (inputs / "out" / "report.md").read_text() == before  # nothing half-written
 
 
+def test_each_run_is_compared_with_the_last_finished_one_and_a_regression_is_tagged(
+        inputs, monkeypatch, mlflow_uri):
+    from pipeline import tracking
+
+    monkeypatch.chdir(inputs)
+    (inputs / "params.yaml").write_text(yaml.safe_dump(evaluate_cfg()))
+    args = ["--teacher", "teacher.safetensors", "--student", "student.safetensors",
+            "--search", "configs.json", "--out", "out", "--plots", "plots",
+            "--metrics", "evaluate.json", "--no-progress"]
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-1")
+    assert main(args) == 0
+    first = json.loads((inputs / "evaluate.json").read_text())
+    assert first["since_last"] == {} and first["regressed"] == 0
+    assert "No previous finished run of this profile" in (inputs / "out" / "report.md").read_text()
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    night_1 = tracking.find_pipeline_run(client, experiment, "night-1")
+    assert client.get_run(night_1).info.status == "FINISHED"
+    # last night's student was 3 dB closer to the teacher, its KID a tenth of tonight's
+    client.log_metric(night_1, "full_psnr", first["models"]["full"]["psnr_median"] + 3.0)
+    client.log_metric(night_1, "full_kid_randinit", first["models"]["full"]["kid_randinit"] / 10)
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-2")
+    assert main(args) == 0
+    second = json.loads((inputs / "evaluate.json").read_text())
+    assert second["since_last"]["full_psnr"] == pytest.approx(-3.0, abs=1e-4)
+    assert second["since_last"]["b16_psnr"] == pytest.approx(0.0, abs=1e-4)  # same student
+    assert second["regressed"] == 1
+    report = (inputs / "out" / "report.md").read_text()
+    assert "Compared with `pipeline night-1`: **regressed** (2 figure(s)" in report
+    assert "| full_psnr |" in report and "| b16_psnr |" in report
+    run = client.get_run(tracking.find_pipeline_run(client, experiment, "night-2"))
+    assert run.data.tags["regressed"] == "true" and run.data.metrics["regressed"] == 1
+    assert run.data.tags["regressed_figures"].startswith("full_kid_randinit ")
+    assert "**Regressed**: full_kid_randinit" in run.data.tags["mlflow.note.content"]
+
+    # within the tolerances (the same student again): compared, not regressed
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-3")
+    assert main(args) == 0
+    third = json.loads((inputs / "evaluate.json").read_text())
+    assert third["regressed"] == 0 and third["since_last"]["full_psnr"] == pytest.approx(0, abs=1e-4)
+
+
 def test_with_latency_off_every_output_dvc_yaml_declares_is_written(inputs):
     """dvc repro fails on a declared output the stage did not write, whatever the params.
     metrics/evaluate.json is left out: stages.execute writes it for every stage."""

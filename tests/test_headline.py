@@ -8,7 +8,8 @@ import mlflow
 from components.distill import main as distill_main
 from components.fetch_teacher import main as fetch_main
 from pipeline import tracking
-from pipeline.headline import describe, headline
+from pipeline.headline import compare, describe, headline
+from pipeline.params import Regression
 from tests.conftest import tiny_params
 
 
@@ -39,6 +40,25 @@ def test_the_description_is_a_table_of_what_the_run_measured():
                     {"run_group": "nightly-7", "profile": "offline", "stand_in_weights": "true"})
     assert note.startswith("**Pipeline run** `nightly-7`, profile `offline`, stand-in weights.")
     assert "| full |  | 19.7 |  | 0.85 |  |" in note and "| half | 6,300,000 | 19.9 |" in note
+
+
+def test_a_run_regresses_only_beyond_the_tolerances():
+    before = {"full_psnr": 20.0, "full_exploded": 0.0, "full_fid": 10.0, "half_psnr": 19.0,
+              "latency_ratio_1024_onnxruntime": 6.0, "full_ms_onnxruntime": 1.0, "gone_psnr": 9.0}
+    tolerance = Regression(psnr_db=0.5, fid_relative=0.1, latency_ratio_relative=0.1, exploded=0)
+    within = {"full_psnr": 19.6, "full_exploded": 0.0, "full_fid": 10.9, "half_psnr": 19.0,
+              "latency_ratio_1024_onnxruntime": 5.5, "full_ms_onnxruntime": 3.0, "new_psnr": 1.0}
+    ok = compare(within, before, "pipeline night-1", tolerance)
+    assert ok.regressions == [] and ok.previous == "pipeline night-1"
+    assert set(ok.deltas) == set(before) - {"gone_psnr"}  # shared figures only
+    assert ok.deltas["full_ms_onnxruntime"] == 2.0  # reported, not judged
+    beyond = {**within, "full_psnr": 19.4, "full_exploded": 1.0, "full_fid": 11.1,
+              "latency_ratio_1024_onnxruntime": 5.3}
+    worse = compare(beyond, before, "pipeline night-1", tolerance).regressions
+    assert [w.split()[0] for w in worse] == ["full_exploded", "full_fid", "full_psnr",
+                                             "latency_ratio_1024_onnxruntime"]
+    assert worse[2] == "full_psnr 20 -> 19.4 (tolerance 0.5 dB)"
+    assert compare(beyond, None, None, tolerance).deltas == {}
 
 
 def test_the_stages_fill_the_pipeline_run(tmp_path, monkeypatch, mlflow_uri):

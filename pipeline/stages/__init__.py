@@ -59,6 +59,7 @@ class StageResult:
     tags: dict[str, str] = field(default_factory=dict)
     stand_ins: list[str] = field(default_factory=list)
     summary: list[Path] = field(default_factory=list)  # also shown on the pipeline run (report, grids)
+    pipeline_tags: dict[str, str] = field(default_factory=dict)  # for the pipeline run too
 
 
 def load(name: str) -> ModuleType:
@@ -97,7 +98,7 @@ def _execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | 
         tracker.set_tags({**result.tags, "stand_in_weights": str(bool(result.stand_ins)).lower()})
         for path, folder in {**result.artifacts, metrics_path: stage.NAME}.items():
             tracker.log_artifact(path, folder)
-        pipeline_tags = {"profile": params.profile,
+        pipeline_tags = {"profile": params.profile, **result.pipeline_tags,
                          **({"stand_in_weights": "true"} if result.stand_ins else {})}
         tracker.update_pipeline_run(headline(stage.NAME, result.metrics), params, pipeline_tags,
                                     [f for f in result.summary if Path(f).is_file()])

@@ -36,6 +36,7 @@ from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..data import RealImages
 from ..errors import PipelineError
+from ..headline import Comparison, compare, headline
 from ..images import save_grid
 from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
@@ -332,8 +333,23 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
             *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
 
 
+def since_last_run(comparison: Comparison, now: dict[str, float]) -> list[str]:
+    """The report's "Since last run" section: every shared headline figure with its change."""
+    if comparison.previous is None:
+        return ["## Since last run", "", "No previous finished run of this profile in MLflow.", ""]
+    worse = {r.split()[0] for r in comparison.regressions}
+    lines = ["## Since last run", "", f"Compared with `{comparison.previous}`: " + (
+        f"**regressed** ({len(worse)} figure(s) beyond the tolerances in "
+        "`evaluate.regression`)." if worse else "no figure regressed beyond `evaluate.regression`."),
+        ""]
+    return lines + _table(["figure", "last run", "this run", "since last run", ""],
+                          [[k, now[k] - d, now[k], f"{d:+.4g}", "regressed" if k in worse else ""]
+                           for k, d in comparison.deltas.items()]) + [""]
+
+
 def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any] | None,
-           ratio: dict[str, Any] | None, context: dict[str, Any]) -> str:
+           ratio: dict[str, Any] | None, context: dict[str, Any],
+           since_last: list[str] | None = None) -> str:
     """The human-readable report (Markdown): tables, the grid and the Pareto plot."""
     meta = figures["_meta"]
     fid, lp = meta["fid_name"], meta["lpips_name"]
@@ -384,6 +400,7 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
                          for rt, r in ratio["runtimes"].items() if rt in ratio["latency_ratio"]])
         lines += ["", f"MAC ratio (pipeline.cost, physical): {ratio['mac_ratio']:.2f}x; "
                   f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x.", ""]
+    lines += since_last or []
     names = [m.name for m in models if m.kind != "uniform"]
     lines += ["## Samples", "", f"Columns: {' | '.join(names)} (same latents and noise; "
               "lower-resolution outputs up-sampled).", "", "![samples](grid.png)", "",
@@ -414,6 +431,15 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
 
         latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench")
     metrics = metrics_json(models, figures, latency, ratio)
+    now = headline(NAME, metrics)
+    previous = ctx.tracker.previous_pipeline_run(params.profile) if ctx.tracker else None
+    last_name, last_figures = previous or (None, None)
+    comparison = compare(now, last_figures, last_name, cfg.regression)
+    metrics["since_last"] = comparison.deltas
+    metrics["regressed"] = int(bool(comparison.regressions))
+    if comparison.regressions:
+        log.warning("evaluate: regressed since %s: %s", comparison.previous,
+                    "; ".join(comparison.regressions))
     meta_path = Path(paths.teacher).parent / "metadata.json"  # written by fetch_teacher
     stand_in_teacher = bool(meta_path.is_file()
                             and json.loads(meta_path.read_text()).get("random_weights"))
@@ -424,7 +450,8 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
         save_grid(grid_image(models, samples), tmp / "grid.png",
                   nrow=sum(m.kind != "uniform" for m in models))
         plot_pareto(models, figures, tmp / "pareto.png")
-        (tmp / "report.md").write_text(report(models, figures, latency, ratio, context))
+        (tmp / "report.md").write_text(report(models, figures, latency, ratio, context,
+                                              since_last_run(comparison, now)))
         write_json(tmp / "evaluate.json", metrics)
     write_quality_csv(models, figures, plots_dir / "quality.csv")
     # dvc.yaml declares latency.csv whatever the params: with latency off, the header alone
@@ -436,4 +463,14 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
             "lpips_network": lpips.name, "feature_network": features.name}
     return StageResult(metrics, {out_dir: NAME, plots_dir: NAME}, tags,
                        ["teacher"] * stand_in_teacher + stand_ins(lpips, features),
-                       summary=[out_dir / "report.md", out_dir / "grid.png", out_dir / "pareto.png"])
+                       summary=[out_dir / "report.md", out_dir / "grid.png", out_dir / "pareto.png"],
+                       pipeline_tags=regression_tags(comparison))
+
+
+def regression_tags(comparison: Comparison) -> dict[str, str]:
+    """The pipeline run's verdict (its description says it too)."""
+    if comparison.previous is None:
+        return {}
+    return {"compared_with": comparison.previous,
+            "regressed": str(bool(comparison.regressions)).lower(),
+            "regressed_figures": "; ".join(comparison.regressions)[:4000]}
