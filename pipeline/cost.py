@@ -173,9 +173,27 @@ def _teacher(ch: list[int], d: int) -> _Tally:
     return t
 
 
-def _student(ch: list[int], d: int, head: str, input_layer: str) -> _Tally:
+def _student(ch: list[int], d: int, head: str, input_layer: str, skip: bool = False) -> _Tally:
     t = _Tally(d)
     t.params += ch[0] * 16
+    out = WAVELET if head == "wavelet" else RGB
+
+    def head_(cin: int, h: int) -> None:
+        """A head at feature size h: x*s, 1x1 conv, then to RGB at 2h."""
+        t.affine(cin)
+        t.params += out * cin + out
+        t.macs += cin * h * h + out * cin * h * h
+        t.any += cin + cin * h * h + out * cin * h * h
+        if head == "wavelet":  # IDWT to RGB: adds, and 1/2 (no MACs; muls for torchprofile)
+            t.any += WAVELET * h * h + SHAPE_MULS
+        else:  # UpToRGB: bilinear x2, a 2x2-tap weighted sum per output pixel
+            t.macs += BILINEAR_TAPS * RGB * (2 * h) ** 2
+            t.any += BILINEAR_TAPS * RGB * (2 * h) ** 2
+
+    def skip_(h: int) -> None:
+        """Bilinear x2 of the RGB image of size h (to 2h; adding the head to it: no MACs)."""
+        t.macs += BILINEAR_TAPS * RGB * (2 * h) ** 2
+        t.any += BILINEAR_TAPS * RGB * (2 * h) ** 2
 
     def dwconv(cin: int, cout: int, h: int) -> None:
         """Folded modulated DW-separable conv + noise + activation."""
@@ -196,6 +214,9 @@ def _student(ch: list[int], d: int, head: str, input_layer: str) -> _Tally:
     (dense if input_layer == "dense" else dwconv)(ch[0], ch[1], 4)
     cin, h = ch[1], 4
     for b in range(len(ch) // 2 - 1):
+        if skip:  # this level's head, its image (at 2h) up-sampled for the next one
+            head_(cin, h)
+            skip_(2 * h)
         t.affine(cin)  # IDWT up-sampling: x*s, then Haar (4 muls by 1/2 per output quad)
         t.macs += cin * h * h
         t.any += 2 * cin * h * h + SHAPE_MULS  # 2 * h, 2 * w in idwt's reshape
@@ -203,16 +224,7 @@ def _student(ch: list[int], d: int, head: str, input_layer: str) -> _Tally:
         dwconv(cin // 4, ch[2 + 2 * b], h)
         dwconv(ch[2 + 2 * b], ch[3 + 2 * b], h)
         cin = ch[3 + 2 * b]
-    t.affine(cin)  # the last head: x*s, 1x1 conv
-    out = WAVELET if head == "wavelet" else RGB
-    t.params += out * cin + out
-    t.macs += cin * h * h + out * cin * h * h
-    t.any += cin + cin * h * h + out * cin * h * h
-    if head == "wavelet":  # IDWT to RGB: adds, and 1/2 (no MACs; muls for torchprofile)
-        t.any += WAVELET * h * h + SHAPE_MULS
-    else:  # UpToRGB: bilinear x2, a 2x2-tap weighted sum per output pixel
-        t.macs += BILINEAR_TAPS * RGB * (2 * h) ** 2
-        t.any += BILINEAR_TAPS * RGB * (2 * h) ** 2
+    head_(cin, h)  # the last head
     return t
 
 
@@ -226,16 +238,18 @@ def mapping_cost(style_dim: int = 512, n_mlp: int = 8) -> dict[str, int]:
 def count(arch: str, resolution: int, channels: list[int] | None = None,
           channel_multiplier: int = 2, output_resolution: int | None = None,
           style_dim: int = 512, n_mlp: int = 8, *, head: str = "wavelet",
-          input_layer: str = "dense") -> dict[str, int]:
+          input_layer: str = "dense", skip: bool = False) -> dict[str, int]:
     """Params and MACs of ``arch`` (see the module docstring for what each counts);
-    ``head`` and ``input_layer``: the student's (its config's), ignored for the teacher."""
+    ``head``, ``input_layer`` and ``skip``: the student's (its config's), ignored for the
+    teacher."""
     if style_dim < 1 or n_mlp < 1:
         raise CostError(f"style_dim and n_mlp must be >= 1, got {style_dim}, {n_mlp}")
     if head not in HEADS or input_layer not in INPUT_LAYERS:
         raise CostError(f"head must be one of {HEADS} and input_layer one of {INPUT_LAYERS}, "
                         f"got {head!r}, {input_layer!r}")
     ch, out = _check(arch, resolution, channels, channel_multiplier, output_resolution)
-    t = _teacher(ch, style_dim) if arch == "teacher" else _student(ch, style_dim, head, input_layer)
+    t = (_teacher(ch, style_dim) if arch == "teacher"
+         else _student(ch, style_dim, head, input_layer, skip))
     m = mapping_cost(style_dim, n_mlp)
     return {"params": t.params, "params_mapping": m["params"], "macs": t.macs,
             "macs_mapping": m["macs"], "macs_anycost": t.any + m["macs_anycost"],
@@ -244,11 +258,11 @@ def count(arch: str, resolution: int, channels: list[int] | None = None,
 
 def count_student(cfg, widths: list[int] | None = None, output_resolution: int | None = None,
                   n_mlp: int = 8) -> dict[str, int]:
-    """:func:`count` of a ``StudentConfig`` (its head and 4x4 layer), at ``widths`` (default:
-    the channels it runs) and ``output_resolution``."""
+    """:func:`count` of a ``StudentConfig`` (its head, skips and 4x4 layer), at ``widths``
+    (default: the channels it runs) and ``output_resolution``."""
     return count("student", cfg.resolution, list(widths or cfg.layer_widths),
                  output_resolution=output_resolution, style_dim=cfg.style_dim, n_mlp=n_mlp,
-                 head=cfg.head, input_layer=cfg.input_layer)
+                 head=cfg.head, input_layer=cfg.input_layer, skip=cfg.skip)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -263,6 +277,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-mlp", type=int, default=8)
     parser.add_argument("--head", choices=HEADS, default="wavelet", help="student only")
     parser.add_argument("--input-layer", choices=INPUT_LAYERS, default="dense", help="student only")
+    parser.add_argument("--skip", action="store_true", help="student only: output skips (every head draws)")
     args = parser.parse_args(argv)
     try:
         channels = None
@@ -275,7 +290,7 @@ def _main(argv: list[str] | None = None) -> int:
                 raise CostError(f"--channels must be a JSON list of ints, got {args.channels!r}")
         result = count(args.arch, args.resolution, channels, args.channel_multiplier,
                        args.output_resolution, args.style_dim, args.n_mlp,
-                       head=args.head, input_layer=args.input_layer)
+                       head=args.head, input_layer=args.input_layer, skip=args.skip)
     except CostError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -129,6 +129,9 @@ class StudentArch(Section):
     width: Annotated[float, Field(gt=0, le=4)] = 1.0
     demodulation: Literal["exact", "fused"] = "fused"
     head: Literal["wavelet", "uptorgb"] = "wavelet"
+    skip: bool = Field(
+        False, description="true: the image sums every level's head over bilinear x2 skips "
+        "(StyleGAN2's output skips); false: the last head alone (MobileStyleGAN)")
     input_layer: Literal["dense", "separable"] = Field(
         "dense", description="the 4x4 conv: dense modulated 3x3 (MobileStyleGAN's code) or "
         "DW-separable (2.09M fewer parameters at 1024)")

@@ -48,7 +48,7 @@ def n_list(arch: str, res: int) -> int:
     return 2 * res.bit_length() - 2 - (2 if arch == "teacher" else 4)
 
 
-SEPARABLE, UPTORGB = dict(input_layer="separable"), dict(head="uptorgb")
+SEPARABLE, UPTORGB, SKIP = dict(input_layer="separable"), dict(head="uptorgb"), dict(skip=True)
 CASES = [  # (arch, R, channels, R_OUT, the student's head / input_layer if not the default)
     ("teacher", 32, [8, 8, 8, 8, 8, 8, 8, 8], None, {}),  # uniform reduced
     ("teacher", 32, [6, 5, 7, 3, 4, 9, 2, 5], None, {}),  # flexible per layer
@@ -61,6 +61,8 @@ CASES = [  # (arch, R, channels, R_OUT, the student's head / input_layer if not 
     ("student", 32, [6, 4, 5, 12, 3, 7], None, UPTORGB),
     ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32, UPTORGB),
     ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 16, {**UPTORGB, **SEPARABLE}),
+    ("student", 32, [6, 4, 5, 12, 3, 7], None, SKIP),
+    ("student", 64, [6, 4, 5, 12, 3, 8, 4, 4], 32, {**UPTORGB, **SKIP}),
 ]
 
 
@@ -84,8 +86,8 @@ def test_params(arch, res, ch, out, kw):
     if arch == "teacher":
         expected = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("style."))
         mapping = sum(p.numel() for p in net.style.parameters())
-    else:  # only the last head runs at inference
-        aux = [net.head1, *(lv.head for lv in net.levels)][:-1]
+    else:  # only the last head runs at inference (with skips: every head)
+        aux = [] if net.cfg.skip else [net.head1, *(lv.head for lv in net.levels)][:-1]
         expected = sum(p.numel() for p in net.parameters()) - sum(
             p.numel() for h in aux for p in h.parameters())
         mapping = N_MLP * (D * D + D)
@@ -120,12 +122,20 @@ def _elementwise_hooks(net, tally):
 
 
 @pytest.mark.parametrize("arch,res,ch,out,kw", CASES)
-def test_macs_match_forward_pass(arch, res, ch, out, kw):
+def test_macs_match_forward_pass(arch, res, ch, out, kw, monkeypatch):
+    from pipeline.models import mobile
+
     net, o = _net(arch, res, ch, out, kw)
     wplus, noise = _inputs(net, arch, o)
     run = net.synthesis if arch == "teacher" else net
     tally = [0]
     hooks = _elementwise_hooks(net, tally)
+    up2 = mobile.up2
+
+    def counted_up2(image):  # the skips' bilinear x2: 4 taps per output element
+        tally[0] += 4 * 4 * image.numel()
+        return up2(image)
+    monkeypatch.setattr(mobile, "up2", counted_up2)
     # (with grad: FlopCounterMode's module tracker fails under no_grad)
     with FlopCounterMode(display=False) as fc:  # convs (incl. FIR, transposed) and linears
         image = run(wplus, noise)

@@ -8,7 +8,8 @@ computes the same image with fewer operations:
   (:func:`~pipeline.models.mobile.fold_demodulation`); exact demodulation keeps its
   per-style sigma, with its style-independent energy matrix precomputed.
 * Heads: only the last one. The auxiliary heads are not copied: their weights are
-  not in the graph at all.
+  not in the graph at all. With skips (``StudentConfig.skip``) every head draws, and
+  the image is each head's output plus the bilinear x2 of the image before.
 * Style-independent constants precomputed: the equalized-lr scales are multiplied
   into the weights; with a separable 4x4 layer the constant input goes through its
   depthwise conv once (depthwise convs commute with per-channel modulation:
@@ -53,6 +54,7 @@ from ..models.mobile import (
     MobileSynthesis,
     ModulatedDenseConv2d,
     fold_demodulation,
+    up2,
 )
 from ..models.mobile import StyledConv as TrainingStyledConv
 from ..models.stylegan2 import EqualLinear, Generator, PixelNorm
@@ -155,11 +157,10 @@ class Upsample(nn.Module):
 
 
 class OutputHead(nn.Module):
-    """The last head: x * s -> 1x1 conv (IDWT mix and output range folded in) -> pixel
-    shuffle (wavelet) or bilinear x2 (UpToRGB) -> clamp to the output range."""
+    """A head that draws: x * s -> 1x1 conv (IDWT mix and alpha x + beta folded in) ->
+    pixel shuffle (wavelet) or bilinear x2 (UpToRGB)."""
 
-    def __init__(self, head: Head, index: int, gain_in: float,
-                 output_range: tuple[float, float]) -> None:
+    def __init__(self, head: Head, index: int, gain_in: float, alpha: float, beta: float) -> None:
         super().__init__()
         self.index = index
         self.kind = head.kind
@@ -168,10 +169,8 @@ class OutputHead(nn.Module):
         if head.kind == "wavelet":
             mix = _pixel_shuffle_mix(head.to_image, weight.shape[0])
             weight, bias = mix @ weight, mix @ bias
-        # Images come out in [-1, 1]; (lo, hi) = alpha * x + beta. IDWT-then-shuffle and
-        # bilinear interpolation map a constant image to itself, so beta adds per pixel.
-        self.low, self.high = output_range
-        alpha, beta = (self.high - self.low) / 2, (self.high + self.low) / 2
+        # IDWT-then-shuffle and bilinear interpolation map a constant image to itself,
+        # so beta adds per pixel.
         self.weight = _const((alpha * weight)[:, :, None, None])
         self.bias = _const(alpha * bias + beta)
 
@@ -179,10 +178,8 @@ class OutputHead(nn.Module):
         x = x * _style(w, self.affine_weight, self.affine_bias)[:, :, None, None]
         x = F.conv2d(x, self.weight, self.bias)
         if self.kind == "wavelet":
-            x = F.pixel_shuffle(x, 2)
-        else:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return x.clamp(self.low, self.high)
+            return F.pixel_shuffle(x, 2)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class Synthesis(nn.Module):
@@ -195,21 +192,34 @@ class Synthesis(nn.Module):
         self.cfg = student.cfg
         layers: list[nn.Module] = [StyledConv(student.conv1, 0, noise[0], 1.0,
                                               const_input=student.input.input)]
+        heads = [student.head1]
         for b, level in enumerate(student.levels):
             i = 2 * b + 1  # the teacher's W+/noise index of the level's first conv
             layers += [Upsample(level.up, i, GAIN),
                        StyledConv(level.conv1, i, noise[i], 1.0),
                        StyledConv(level.conv2, i + 1, noise[i + 1], GAIN)]
-        last = student.levels[-1].head if len(student.levels) else student.head1
+            heads.append(level.head)
         self.layers = nn.ModuleList(layers)
-        self.head = OutputHead(last, self.cfg.n_latent_used - 1, GAIN, output_range)
+        # Images come out in [-1, 1]; (lo, hi) = alpha * x + beta. With skips every head
+        # draws and the bilinear x2 keeps a constant, so beta goes in the first one only.
+        self.low, self.high = output_range
+        alpha, beta = (self.high - self.low) / 2, (self.high + self.low) / 2
+        drawn = range(len(heads)) if self.cfg.skip else [len(heads) - 1]
+        # head k reads W+ entry 2k + 1 and follows layer 3k (conv1 at 4x4, then each conv2)
+        self.heads = nn.ModuleDict({
+            str(3 * k): OutputHead(heads[k], 2 * k + 1, GAIN, alpha, beta if k == drawn[0] else 0.0)
+            for k in drawn})
 
     def forward(self, ws: Sequence[torch.Tensor]) -> torch.Tensor:
         """``ws[i]``: the w of W+ entry i, [B, style_dim] or [B, 1, style_dim]."""
-        x = None
-        for layer in self.layers:
+        x = image = None
+        for k, layer in enumerate(self.layers):
             x = layer(x, ws[layer.index])
-        return self.head(x, ws[self.head.index])
+            if str(k) in self.heads:
+                head = self.heads[str(k)]
+                own = head(x, ws[head.index])
+                image = own if image is None else own + up2(image)
+        return image.clamp(self.low, self.high)
 
 
 class Mapping(nn.Module):

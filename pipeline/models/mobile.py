@@ -5,6 +5,8 @@ UpToRGB heads (Jia et al., 2023) as an option. Read beside DESIGN.md section 3.
     per level: IDWT up-sampling (modulated input, 4C -> C at 2x) -> 2 x StyledConv -> head
     head: 1x1 modulated conv to the 12-channel Haar wavelet image (or UpToRGB);
     image = IDWT(last head)            (the other heads only train: deep supervision)
+    skip (option): image_k = IDWT(head_k) + up2(image_k-1), image = the last image_k
+                   (StyleGAN2's output skips; every head runs at inference)
 
 Depthwise-separable modulated conv: x' = s * x, 3x3 depthwise, 1x1 pointwise, no
 non-linearity between; the composite dense kernel is w_jik = pw_ji dw_ik, so
@@ -36,6 +38,7 @@ at R, has no counterpart: its two W+ entries and noise maps are not used).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
@@ -46,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from .stylegan2 import ConstantInput, EqualLinear, FusedLeakyReLU, NoiseInjection, resolutions
-from .wavelets import idwt
+from .wavelets import dwt, idwt
 
 # exact: per style; fused: constant (trainable); folded: fused, multiplied into the weights
 Demodulation = Literal["exact", "fused", "folded"]
@@ -66,6 +69,10 @@ class StudentConfig(BaseModel):
     demodulation: Demodulation = Field("fused", description="exact | fused | folded: "
                                        "what fold_demodulation leaves (no style_inv)")
     head: Literal["wavelet", "uptorgb"] = "wavelet"
+    skip: bool = Field(
+        False, description="the image sums every level's head (each added to the bilinear x2 "
+        "of the image before, StyleGAN2's output skips) instead of being the last head's alone "
+        "(MobileStyleGAN, whose other heads only train)")
     input_layer: Literal["dense", "separable"] = Field(
         "dense", description="the 4x4 conv after the constant: a dense modulated 3x3 conv "
         "(MobileStyleGAN's code) or a DW-separable one like every other layer. Files saved "
@@ -364,16 +371,28 @@ class MobileSynthesis(nn.Module):
             yield x, level.head, wplus[:, i + 2]
 
     def forward(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
-        """Inference: only the last head runs."""
+        """Inference: only the last head runs (with skips: every head)."""
+        if self.cfg.skip:
+            return self.forward_all(wplus, noise).image
         *_, (x, head, w) = self._features(wplus, noise)  # every level runs; one head does
         return head.to_image(head(x, w))
 
     def forward_all(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> StudentOutput:
-        """Training: every level's head (auxiliary heads give deep supervision)."""
+        """Training: every level's head (auxiliary heads give deep supervision). With
+        skips a level's image is the sum so far, and its "head" the Haar DWT of that sum,
+        so the wavelet losses see what the image is."""
         heads = [head(x, w) for x, head, w in self._features(wplus, noise)]
         all_heads = [self.head1, *(level.head for level in self.levels)]
         images = [h.to_image(o) for h, o in zip(all_heads, heads, strict=True)]
+        if self.cfg.skip:
+            images = list(itertools.accumulate(images, lambda before, own: own + up2(before)))
+            heads = [dwt(image) for image in images]
         return StudentOutput(images[-1], heads, images)
+
+
+def up2(image: torch.Tensor) -> torch.Tensor:
+    """The skips' x2 up-sampling (bilinear; StyleGAN2's is a 4-tap FIR filter)."""
+    return F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()

@@ -244,7 +244,9 @@ def model_card(spec: ModelSpec, teacher: Generator, cfg: Export, records: list[d
             "demodulation": f"{scfg.demodulation}"
             + (" (per style, energy precomputed)" if scfg.demodulation == "exact" else
                " (a constant, folded into the weights)"),
-            "auxiliary_heads": "removed (only the last head is in the graph)",
+            "skip": scfg.skip,
+            "auxiliary_heads": ("every head draws (output skips)" if scfg.skip else
+                                "removed (only the last head is in the graph)"),
             "noise": "baked in: strength x the teacher's fixed noise maps",
             "style_dim": d, "channels": widths, "full_channels": scfg.full_widths,
             "sliced": scfg.widths is not None or spec.name != FULL,

@@ -88,11 +88,11 @@ def _student_config(cfg: Distill, teacher: Generator) -> StudentConfig:
         if arch.channels is not None:
             return StudentConfig(resolution=t.resolution, style_dim=t.style_dim,
                                  channels=arch.channels, demodulation=arch.demodulation,
-                                 head=arch.head, input_layer=arch.input_layer)
+                                 head=arch.head, skip=arch.skip, input_layer=arch.input_layer)
         base = StudentConfig.from_teacher(t.channels, t.resolution, t.style_dim)
         channels = {r: max(4, round(c * arch.width / 4) * 4) for r, c in base.channels.items()}
         return StudentConfig(resolution=t.resolution, style_dim=t.style_dim, channels=channels,
-                             demodulation=arch.demodulation, head=arch.head,
+                             demodulation=arch.demodulation, head=arch.head, skip=arch.skip,
                              input_layer=arch.input_layer)
     except ValueError as e:  # pydantic's text spans lines and links its docs: one line
         why = "; ".join(err["msg"].removeprefix("Value error, ") for err in
@@ -311,7 +311,7 @@ def distill(
         metrics_start = validate(0)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else (
         contextlib.nullcontext)
-    wavelet_heads = student_cfg.head == "wavelet"
+    wavelet_heads = student_cfg.head == "wavelet" or student_cfg.skip  # skips: DWT of images
     bar = usage.Progress("distill", cfg.steps, "step", progress, start_step, quiet=not ctx.main)
     t0, images_seen = time.perf_counter(), 0
     full_arch = Arch(student_cfg.full_widths, student_cfg.resolution)

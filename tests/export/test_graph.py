@@ -50,6 +50,24 @@ def test_the_folded_graph_equals_the_unfolded_student(tiny_teacher, demodulation
         assert want.std() > 0.02  # a real image, not a constant
 
 
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_with_output_skips_every_head_draws_in_the_graph_as_in_training(tiny_teacher, head):
+    plain = make(tiny_teacher, "fused", head)
+    student = MobileSynthesis(plain.cfg.model_copy(update={"skip": True}))
+    student.load_state_dict(plain.state_dict())
+    student.eval()
+    x = inputs(tiny_teacher, "wplus")
+    for output_range in ((0.0, 1.0), (-1.0, 1.0)):
+        model = build(student, tiny_teacher, "wplus", output_range)
+        assert len([m for m in model.modules() if isinstance(m, OutputHead)]) == 1 + len(student.levels)
+        with torch.no_grad():
+            got = model(x)
+            unskipped = build(plain, tiny_teacher, "wplus", output_range)(x)
+        want = reference(student, tiny_teacher, "wplus", x, output_range)
+        assert (got - want).abs().max() < 2e-5
+        assert (got - unskipped).abs().max() > 1e-2  # the coarser heads do add to the image
+
+
 def test_reference_is_the_students_own_forward_with_the_teachers_fixed_noise(tiny_teacher,
                                                                           tiny_student):
     wplus = inputs(tiny_teacher, "wplus")

@@ -214,3 +214,22 @@ def test_teacher_init_needs_the_teachers_dense_4x4_layer():
     narrow = StudentConfig(resolution=16, style_dim=8, channels={4: 8, 8: 8})
     with pytest.raises(ValueError, match="teacher's 4x4 widths"):
         init_from_teacher(MobileSynthesis(narrow), teacher)
+
+
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_with_output_skips_each_image_is_its_head_over_the_image_before(head):
+    torch.manual_seed(0)
+    teacher = StyleGAN2Config.config_f(32, channel_max=16, style_dim=8, n_mlp=1)
+    plain = MobileSynthesis(StudentConfig.from_teacher(teacher.channels, 32, 8, head=head))
+    skip = MobileSynthesis(plain.cfg.model_copy(update={"skip": True}))
+    skip.load_state_dict(plain.state_dict())
+    wplus = torch.randn(2, teacher.n_latent, 8)
+    noise = [torch.randn(2, 1, r, r) for r in teacher.noise_resolutions()]
+    own = plain.forward_all(wplus, noise).images
+    out = skip.forward_all(wplus, noise)
+    assert torch.allclose(out.images[0], own[0])
+    for k in range(1, len(own)):
+        up = torch.nn.functional.interpolate(out.images[k - 1], scale_factor=2, mode="bilinear")
+        assert torch.allclose(out.images[k], own[k] + up, atol=1e-6)
+    assert all(torch.allclose(h, dwt(i)) for h, i in zip(out.heads, out.images, strict=True))
+    assert torch.equal(skip(wplus, noise), out.image)

@@ -79,12 +79,15 @@ def test_elastic_training_trains_the_sub_networks(tiny_teacher, helper_nets, tmp
     assert ours[LP] == pytest.approx(result.metrics[f"{LP}_to_teacher_smallest_end"], abs=1e-6)
 
 
+@pytest.mark.parametrize("student", [{}, {"skip": True, "head": "uptorgb", "init": "teacher"}])
 def test_multi_resolution_elastic_steps_with_a_conditioned_discriminator(
-    tiny_teacher, helper_nets, tmp_path
+    tiny_teacher, helper_nets, tmp_path, student
 ):
-    """Sandwich sampling down to 8x8: every architecture trains (and D sees its code)."""
+    """Sandwich sampling down to 8x8: every architecture trains (and D sees its code);
+    also with output skips, UpToRGB heads (wavelet losses on the images' DWT) and the
+    teacher's 4x4 stage."""
     elastic = {"enabled": True, "min_resolution": 8, "sampling": "sandwich"}
-    cfg = distill_cfg(steps=16, elastic=elastic, log_every=1, loss={"gan": 0.1})
+    cfg = distill_cfg(steps=16, elastic=elastic, log_every=1, loss={"gan": 0.1}, student=student)
     result = distill(cfg, tiny_teacher, "sha", tmp_path, *helper_nets, progress=False)
     rows = result.history.losses
     assert sum("consistency_mse" in r for r in rows) >= 3  # sub-networks were sampled ...
