@@ -438,10 +438,17 @@ class ExportParity(Section):
 
 
 class ExportRegistry(Section):
-    """The full student's ONNX model in the MLflow Model Registry."""
+    """Every exported model's primary ONNX file in the MLflow Model Registry, one
+    registered model per budget; the ``champion`` alias moves only past the gate."""
 
     enabled: bool = True
-    name: str = Field("stylegan-mobile-student", min_length=1)
+    name: str = Field("stylegan-mobile-student", min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$",
+                      description="the full student's registered model; a budget's is <name>-<budget>")
+    champion_psnr_db: Annotated[float, Field(ge=0)] = Field(
+        0.5, description="a new version becomes champion unless its median PSNR to the teacher "
+        "is this much below the champion's ...")
+    champion_latency_relative: Annotated[float, Field(ge=0)] = Field(
+        0.25, description="... or its ONNX Runtime latency (batch 1) this fraction above it")
 
 
 class Export(Section):

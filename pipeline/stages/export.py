@@ -30,7 +30,7 @@ from ..errors import PipelineError
 from ..export import card as cards
 from ..export.formats import FORMATS, RUNNERS, SUFFIX, Format, export, unavailable
 from ..export.graph import InputKind, build, reference
-from ..export.registry import register_onnx
+from ..export.registry import model_name, register_onnx
 from ..io import atomic_dir, sha256_file
 from ..metrics.networks import lpips_network
 from ..metrics.perceptual import LPIPS
@@ -310,7 +310,7 @@ def summary(records: list[dict[str, Any]], primary: InputKind, lpips_name: str) 
 
 def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     """Export every model into ``paths.out`` (swapped in only when all checks pass) and
-    register the full student's primary ONNX file."""
+    register every model's primary ONNX file (champion/candidate aliases)."""
     cfg = params.export
     student_path, teacher_path, out_dir = Path(paths.student), Path(paths.teacher), Path(paths.out)
     configs_path = Path(paths.search) if paths.search else None
@@ -347,6 +347,8 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     metrics = {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
     tags = {"lpips_network": lpips.name}
     run_id = ctx.tracker.run_id if ctx.tracker else None
-    if cfg.registry.enabled and (version := register_onnx(out_dir / FULL, cfg, run_id)) is not None:
-        tags["registered_model"] = f"{cfg.registry.name}/{version}"
+    if cfg.registry.enabled:
+        for spec in specs:
+            if (version := register_onnx(out_dir / spec.name, cfg, run_id, spec.name)) is not None:
+                tags[f"registered_model.{spec.name}"] = f"{model_name(cfg, spec.name)}/{version}"
     return StageResult(metrics, {out_dir: NAME}, tags, stand_ins(lpips))

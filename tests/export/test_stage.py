@@ -99,7 +99,11 @@ def test_every_model_in_every_format_with_cards_metrics_and_registry(workdir, ex
     assert {"export/full", "export/b16"} <= artifacts
     version = client.get_model_version("tiny-student", "1")
     assert version.description.startswith("# full") and "sha256" in version.description
-    assert version.tags["input"] == "wplus"
+    assert version.tags["input"] == "wplus" and version.tags["budget"] == "full"
+    assert version.tags["run_id"] == run_.info.run_id and float(version.tags["macs"]) > 0
+    budget = client.get_model_version_by_alias("tiny-student-b16", "champion")
+    assert budget.tags["budget"] == "b16" and budget.tags["resolution"] == "16"
+    assert run_.data.tags["registered_model.b16"] == "tiny-student-b16/1"
     model = mlflow.models.get_model_info("models:/tiny-student/1")
     assert model.signature.inputs.to_dict()[0]["name"] == "wplus"
     assert list(model.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 32, 32]
@@ -179,3 +183,37 @@ def test_bad_export_params_name_the_key(workdir, export_files, capsys):
     params = export_params(formats=["onnx", "tflite"], output_range=[0, 255])
     assert run(workdir, export_files, params) == 2
     assert "export.formats.1" in capsys.readouterr().err
+
+
+def test_champion_moves_only_to_a_version_that_passes_the_gate(workdir, export_files):
+    """Three nightly exports of the same student, judged by the evaluate figures they
+    come with; a consumer runs whatever is champion."""
+    import mlflow
+    import numpy as np
+    import onnxruntime
+
+    params = export_params(formats=["onnx"], inputs=["w"], fp16=False)
+    client = mlflow.MlflowClient()
+
+    def night(psnr: float, ms: float) -> dict:
+        (workdir / "evaluate.json").write_text(json.dumps({"models": {"full": {
+            "psnr_median": psnr, "exploded": 0,
+            "latency": {"onnxruntime": {"batch_1": {"median_ms": ms}}}}}}))
+        assert run(workdir, export_files, params) == 0
+        return {k: str(v) for k, v in client.get_registered_model("tiny-student").aliases.items()}
+
+    assert night(20.0, 1.0) == {"champion": "1", "candidate": "1"}
+    assert client.get_model_version("tiny-student", "1").tags["promotion"] == "champion"
+    assert night(19.0, 1.0) == {"champion": "1", "candidate": "2"}  # 1 dB worse: held back
+    assert client.get_model_version("tiny-student", "2").tags["promotion"] == (
+        "candidate only: PSNR 19.00 dB < champion's 20.00 - 0.5")
+    assert night(19.8, 1.2) == {"champion": "3", "candidate": "3"}  # within the gate
+    assert night(20.5, 2.0).get("champion") == "3"  # closer, but 67 % slower
+    assert "onnxruntime 2 ms > champion's 1.2 ms + 25%" in client.get_model_version(
+        "tiny-student", "4").tags["promotion"]
+
+    # the consumer: whatever champion is, by alias, run in onnxruntime
+    model = mlflow.onnx.load_model("models:/tiny-student@champion")
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    (image,) = session.run(None, {"w": np.random.default_rng(0).standard_normal((2, 32), np.float32)})
+    assert image.shape == (2, 3, 32, 32) and 0 <= image.min() and image.max() <= 1
