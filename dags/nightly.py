@@ -140,6 +140,8 @@ def _on_failure(context) -> None:
 TASK_ENV = {
     # Groups the stage runs under one MLflow parent run per DAG run.
     "STYLEGAN_MOBILE_RUN_GROUP": "airflow-{{ run_id }}",
+    # Names the DVC experiment a run with a profile or overrides is saved as (run_params.py).
+    "STYLEGAN_MOBILE_RUN_ID": "{{ run_id }}",
     "STYLEGAN_MOBILE_PROFILE": "{{ params.profile or '' }}",
     "STYLEGAN_MOBILE_OVERRIDES": "{{ params.overrides | tojson }}",
     "DVC_NO_ANALYTICS": "1",
