@@ -140,6 +140,8 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
 
 def _checkout(targets: list[str] | None = None) -> None:
     """Cached outputs as dvc.lock says (no --force: an output the cache lacks is left alone)."""
+    if not Path("dvc.yaml").exists():
+        return
     proc = _dvc("checkout", *(targets or []))
     if proc.returncode != 0:
         _warn(f"dvc checkout: {_last_line(proc)}")

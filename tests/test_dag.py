@@ -152,7 +152,11 @@ def test_run_params_without_params_leaves_the_file_alone(workspace):
     committed = (workspace / "params.yaml").read_bytes()
     assert run_params(workspace, "apply").returncode == 0
     assert (workspace / "params.yaml").read_bytes() == committed
-    assert not (workspace / ".dvc/tmp").exists()
+    manifest = json.loads((workspace / ".dvc/tmp/airflow-base/manifest.json").read_text())
+    assert manifest["overrides"] == [] and manifest["existed"] == ["params.yaml"]  # no dvc.yaml here
+    assert run_params(workspace, "restore").returncode == 0
+    assert (workspace / "params.yaml").read_bytes() == committed
+    assert not (workspace / ".dvc/tmp/airflow-base").exists()
 
 
 @pytest.mark.parametrize("profile, overrides, names", [
@@ -166,7 +170,7 @@ def test_run_params_refuses_bad_input_with_one_line_and_keeps_the_file(workspace
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and names in result.stderr
     assert (workspace / "params.yaml").read_bytes() == committed
-    assert not (workspace / ".dvc/tmp/params.yaml.airflow-base").exists()
+    assert not (workspace / ".dvc/tmp/airflow-base").exists()  # the teardown does not run after it
 
 
 def test_run_params_first_restores_what_an_interrupted_run_left(workspace):
@@ -177,6 +181,143 @@ def test_run_params_first_restores_what_an_interrupted_run_left(workspace):
     assert yaml.safe_load((workspace / "params.yaml").read_text())["search"]["seed"] == 4
     run_params(workspace, "restore")
     assert (workspace / "params.yaml").read_bytes() == committed
+
+
+# A two-stage DVC project in git, with the project's params.yaml: ``make`` reads search.seed
+# into a cached output, a metric and a plot; ``report`` reads make's output and fails when
+# $FAIL_REPORT is set (dvc repro has removed its outputs by then, as for a real stage).
+MINI_STAGES = {
+    "make": {"cmd": "python make.py", "deps": ["make.py"], "params": ["search.seed"], "outs": ["artifacts/make"],
+             "metrics": [{"metrics/make.json": {"cache": False}}], "plots": [{"plots/make.csv": {"cache": False}}]},
+    "report": {"cmd": "python report.py", "deps": ["artifacts/make", "report.py"], "outs": ["artifacts/report"],
+               "metrics": [{"metrics/report.json": {"cache": False}}]},
+}
+MAKE_PY = """import json, os, yaml
+OFFSET = 0
+seed = yaml.safe_load(open("params.yaml"))["search"]["seed"] + OFFSET
+for d in ("artifacts/make", "metrics", "plots"):
+    os.makedirs(d, exist_ok=True)
+open("artifacts/make/value.txt", "w").write(str(seed))
+json.dump({"seed": seed}, open("metrics/make.json", "w"))
+open("plots/make.csv", "w").write(f"step,seed\\n0,{seed}\\n")
+"""
+REPORT_PY = """import json, os, sys
+if os.environ.get("FAIL_REPORT"):
+    sys.exit("report: error: failing as asked")
+os.makedirs("artifacts/report", exist_ok=True)
+value = open("artifacts/make/value.txt").read()
+open("artifacts/report/report.txt", "w").write(f"seed {value}")
+json.dump({"seed": int(value)}, open("metrics/report.json", "w"))
+"""
+GIT_USER = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_USER}, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def dvc(repo: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    from tests.conftest import ENV_BIN, env_with_venv
+
+    result = subprocess.run([f"{ENV_BIN}/dvc", *args], cwd=repo, env=env_with_venv(**env), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 or not check, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def dvc_template(tmp_path_factory) -> Path:
+    """The mini project, reproduced and committed (copied for each test)."""
+    repo = tmp_path_factory.mktemp("dvc-template") / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    shutil.copy2(REPO / "params.yaml", repo / "params.yaml")
+    shutil.copytree(REPO / "dags", repo / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": MINI_STAGES}, sort_keys=False))
+    (repo / "make.py").write_text(MAKE_PY)
+    (repo / "report.py").write_text(REPORT_PY)
+    (repo / ".gitignore").write_text("/artifacts/\n/plots/\n__pycache__/\n")
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "repro", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    return repo
+
+
+@pytest.fixture
+def dvc_project(dvc_template, tmp_path) -> Path:
+    return Path(shutil.copytree(dvc_template, tmp_path / "repo", symlinks=True))
+
+
+def dag_step(repo: Path, action: str, overrides=(), **env: str) -> subprocess.CompletedProcess:
+    """``run_params.py apply|restore`` as the DAG's task runs it, on a worker whose git has no
+    user configured (empty HOME): dvc exp save needs the fallback identity."""
+    from tests.conftest import ENV_BIN, env_with_venv
+
+    home = repo.parent / "home"
+    home.mkdir(exist_ok=True)
+    task_env = env_with_venv(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", STYLEGAN_MOBILE_PROFILE="",
+                             STYLEGAN_MOBILE_OVERRIDES=json.dumps(list(overrides)),
+                             STYLEGAN_MOBILE_RUN_ID="manual__2026-12-03T06:12:55.120+00:00", **env)
+    for name in GIT_USER:
+        task_env.pop(name, None)
+    result = subprocess.run([f"{ENV_BIN}/python", "dags/run_params.py", action], cwd=repo, env=task_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_a_plain_run_keeps_its_lock_and_metrics_and_gets_back_what_a_failed_stage_deleted(dvc_project):
+    """The nightly without overrides updates dvc.lock and metrics (the committed params'
+    results); a stage that failed has lost its metrics and outputs: they come back."""
+    repo = dvc_project
+    (repo / "make.py").write_text(MAKE_PY.replace("OFFSET = 0", "OFFSET = 7"))  # new code, committed
+    git(repo, "commit", "-qam", "make: offset 7")
+    old_report = (repo / "metrics/report.json").read_bytes()
+    dag_step(repo, "apply")
+    dvc(repo, "repro", "--single-item", "make")
+    failed = dvc(repo, "repro", "--single-item", "report", check=False, FAIL_REPORT="1")
+    assert failed.returncode != 0 and not (repo / "metrics/report.json").exists()
+    assert not (repo / "artifacts/report").exists()
+
+    restored = dag_step(repo, "restore")
+    assert "metrics/report.json" in restored.stdout and "warning" not in restored.stdout, restored.stdout
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["search"]["seed"]
+    assert json.loads((repo / "metrics/make.json").read_text()) == {"seed": seed + 7}  # kept
+    assert git(repo, "status", "--porcelain").splitlines() == [" M dvc.lock", " M metrics/make.json"]
+    assert (repo / "metrics/report.json").read_bytes() == old_report  # put back
+    assert (repo / "artifacts/report/report.txt").read_text() == f"seed {seed}"  # checked out (the lock's)
+    assert not (repo / ".dvc/tmp/airflow-base").exists()
+
+
+def test_an_overridden_run_is_a_dvc_experiment_and_leaves_the_workspace_as_it_found_it(dvc_project):
+    """A run with overrides, whose second stage fails: the stage that ran is saved as the DVC
+    experiment airflow-<run id>; params.yaml, dvc.lock, metrics, plots and the cached outputs
+    are as committed again, so git sees nothing and the next plain run has nothing to do."""
+    repo = dvc_project
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["search"]["seed"]
+    status_before = git(repo, "status", "--porcelain", "--untracked-files=all")
+    dag_step(repo, "apply", ["search.seed=4242"])
+    dvc(repo, "repro", "--single-item", "make")
+    dvc(repo, "repro", "--single-item", "report", check=False, FAIL_REPORT="1")
+    assert (repo / "artifacts/make/value.txt").read_text() == "4242"
+
+    restored = dag_step(repo, "restore")
+    name = "airflow-manual__2026-12-03T06-12-55.120-00-00"
+    assert f"DVC experiment {name}: make " in restored.stdout and "warning" not in restored.stdout, restored.stdout
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == status_before == ""
+    assert (repo / "artifacts/make/value.txt").read_text() == str(seed)
+    assert (repo / "artifacts/report/report.txt").read_text() == f"seed {seed}"
+    assert (repo / "plots/make.csv").read_text().endswith(f"0,{seed}\n")
+    assert "up to date" in dvc(repo, "status").stdout
+    assert dvc(repo, "exp", "list", "--name-only").stdout.split() == [name]
+    (ref,) = [r for r in git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith(name)]
+    saved = yaml.safe_load(git(repo, "show", f"{ref}:dvc.lock"))["stages"]
+    committed = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert saved["make"]["params"]["params.yaml"]["search.seed"] == 4242
+    assert saved["report"] == committed["report"]  # the failed stage: not recorded as run
+    assert json.loads(git(repo, "show", f"{ref}:metrics/make.json")) == {"seed": 4242}
 
 
 def test_the_cluster_variant_runs_every_task_as_a_pod_and_distill_under_torchrun(cluster):
