@@ -528,3 +528,186 @@ def test_a_task_that_exits_2_fails_for_good_with_its_last_line(nightly, tmp_path
     task = nightly.ProjectTask(task_id="t", command="bash -c 'echo oops; exit 3'", cwd=str(REPO))
     with pytest.raises(AirflowException, match="exit status 3: oops"):
         task._run_inline_command(bash_path="bash", env=dict(os.environ))
+
+
+class LiveAirflow:
+    """A real Airflow on loopback: API server, scheduler (LocalExecutor) and DAG processor as
+    separate processes on one SQLite database, sharing one JWT secret; every admin (simple auth
+    manager), the DAG unpaused at creation and no cron runs (manual runs only)."""
+
+    DAG = "stylegan_mobile_nightly"
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        from tests.conftest import free_port
+
+        self.folder, port = folder, free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**env,
+                    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                    "AIRFLOW__API__BASE_URL": self.url,
+                    "AIRFLOW__API__PORT": str(port),
+                    "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+                    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no scheduled run of 02:00
+                    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.headers: dict[str, str] = {}
+
+    def start(self) -> None:
+        from tests.conftest import ENV_BIN
+
+        commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", self.env["AIRFLOW__API__PORT"],
+                                   "--workers", "1"],
+                    "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
+        for name, args in commands.items():
+            with (self.folder / f"{name}.log").open("w") as log:
+                self.processes[name] = subprocess.Popen(
+                    [f"{ENV_BIN}/airflow", *args], cwd=self.folder, env=self.env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}.log\n" + (self.folder / f"{name}.log").read_text()[-3000:]
+                         for name in self.processes)
+
+    def wait_until(self, what: str, probe, timeout_s: float):
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"airflow {name} exited\n{self.logs()}"
+            try:
+                if found := probe():
+                    return found
+            except OSError:  # requests' ConnectionError: not up yet
+                pass
+            assert time.monotonic() < deadline, f"{what}: not after {timeout_s} s\n{self.logs()}"
+            time.sleep(0.5)
+
+    def api(self, method: str, path: str, **kwargs):
+        import requests
+
+        return requests.request(method, f"{self.url}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
+
+    def ready(self, timeout_s: float = 180) -> None:
+        """Logged in (POST /auth/token) and the DAG parsed."""
+        import requests
+
+        def token():
+            answer = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": "admin"},
+                                   timeout=10)
+            return answer.status_code == 201 and answer.json()["access_token"]
+
+        self.headers = {"Authorization": f"Bearer {self.wait_until('API server', token, timeout_s)}"}
+        self.wait_until("DAG parsed", lambda: self.api("GET", f"/dags/{self.DAG}").ok, timeout_s)
+
+    def trigger(self, conf: dict) -> str:
+        answer = self.api("POST", f"/dags/{self.DAG}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["dag_run_id"]
+
+    def wait(self, run_id: str, timeout_s: float) -> tuple[str, dict[str, dict]]:
+        """The run's final state and its task instances by task id."""
+        from urllib.parse import quote
+
+        path = f"/dags/{self.DAG}/dagRuns/{quote(run_id, safe='')}"
+        state = self.wait_until(f"run {run_id}", lambda: self.api("GET", path).json()["state"] in ("success", "failed")
+                                and self.api("GET", path).json()["state"], timeout_s)
+        tasks = self.api("GET", f"{path}/taskInstances").json()["task_instances"]
+        return state, {t["task_id"]: t for t in tasks}
+
+    def stop(self) -> None:
+        import signal
+
+        for process in self.processes.values():  # each with the workers it started
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.mark.slow
+def test_a_live_scheduler_runs_an_overridden_run_as_a_dvc_experiment_and_fails_bad_input_at_once(tmp_path):
+    """Issue 18's acceptance test: Airflow 3 as deployed (API server, scheduler, DAG processor;
+    LocalExecutor, SQLite) on a copy of the repository trimmed to fetch_teacher, reproduced and
+    committed, on a worker whose shell start-up files put a decoy python first. A run with
+    tiny overrides triggered through the REST API succeeds; MLflow has its pipeline run and the
+    stage run nested under it, both tagged with the DAG run, the pipeline run tagged with the
+    DVC experiment that holds the run; git status is clean afterwards. A bad override fails the
+    run in its first task at once, without retries, with one line on the pipeline run."""
+    import time
+
+    import mlflow
+
+    from tests.conftest import ENV_BIN
+
+    repo, env = airflow_workspace(tmp_path)
+    airflow = LiveAirflow(env, tmp_path / "airflow")
+    airflow.start()
+    try:
+        # while Airflow starts: the committed workspace is the committed params' results
+        setup = subprocess.run([f"{ENV_BIN}/dvc", "repro"], cwd=repo, env={**env, "STYLEGAN_MOBILE_TRACKING": "off"},
+                               capture_output=True, text=True, timeout=600)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "tiny params, fetch_teacher only, reproduced")
+        lock = (repo / "dvc.lock").read_bytes()
+        airflow.ready()
+
+        started = time.monotonic()
+        run_id = airflow.trigger({"overrides": ["fetch_teacher.random.seed=3"]})
+        state, tasks = airflow.wait(run_id, timeout_s=300)
+        took = time.monotonic() - started
+        assert state == "success", (tasks, airflow.logs())
+        assert {t: ti["state"] for t, ti in tasks.items()} == dict.fromkeys(
+            ["params", "fetch_teacher", "restore_params"], "success")
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert (repo / "dvc.lock").read_bytes() == lock
+        assert "up to date" in subprocess.run([f"{ENV_BIN}/dvc", "status"], cwd=repo, env=env, capture_output=True,
+                                              text=True).stdout  # the outputs are the committed ones again
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        try:
+            runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                      filter_string=f"tags.airflow_run_id = '{run_id}'")
+        finally:
+            mlflow.set_tracking_uri(None)
+        (parent,) = [r for r in runs if r.data.tags.get("role") == "pipeline"]
+        (stage,) = [r for r in runs if r is not parent]
+        assert parent.data.tags["airflow_dag_id"] == LiveAirflow.DAG and "airflow_task_id" not in parent.data.tags
+        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert stage.data.tags["airflow_task_id"] == "fetch_teacher" and stage.info.status == "FINISHED"
+        experiment = parent.data.tags["dvc_experiment"]
+        listed = subprocess.run([f"{ENV_BIN}/dvc", "exp", "list", "--name-only"], cwd=repo, env=env,
+                                capture_output=True, text=True).stdout.split()
+        assert listed == [experiment] and experiment.startswith("airflow-manual__")
+        print(f"\noverridden run: {took:.0f} s, DVC experiment {experiment}")
+
+        started = time.monotonic()
+        bad = airflow.trigger({"overrides": ["distill.steps=-5"]})
+        state, tasks = airflow.wait(bad, timeout_s=120)
+        took = time.monotonic() - started
+        assert state == "failed" and tasks["params"]["state"] == "failed" and tasks["params"]["try_number"] == 1
+        assert tasks["fetch_teacher"]["state"] == "upstream_failed"
+        assert took < 60
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        try:
+            (failed,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                           filter_string=f"tags.airflow_run_id = '{bad}'")
+        finally:
+            mlflow.set_tracking_uri(None)
+        assert failed.info.status == "FAILED" and failed.data.tags["failed_task"] == "params"
+        error = failed.data.tags["error"]
+        assert error.startswith("params: bad input, not retried: error: ") and "distill.steps" in error
+        assert "\n" not in error
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        print(f"bad override: failed in {took:.0f} s: {error}")
+    finally:
+        airflow.stop()
