@@ -430,14 +430,18 @@ def decoy_shell(tmp_path: Path) -> dict[str, str]:
 
 
 def airflow_workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A copy of the repository trimmed to fetch_teacher, an Airflow home with its database,
-    and the environment of a worker with a decoy python (see :func:`decoy_shell`)."""
+    """A copy of the repository trimmed to fetch_teacher with tiny params, committed as a
+    checkout that never ran (no dvc.lock), an Airflow home with its database, and the
+    environment of a worker with a decoy python (see :func:`decoy_shell`)."""
     from tests.conftest import ENV_BIN, copy_repo, env_with_venv, tiny_params
 
     repo = copy_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch_teacher": stages["fetch_teacher"]}}))
+    (repo / "dvc.lock").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny params, fetch_teacher only")
     home = tmp_path / "airflow"
     env = env_with_venv(
         AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
@@ -447,58 +451,6 @@ def airflow_workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         **decoy_shell(tmp_path))
     subprocess.run([f"{ENV_BIN}/airflow", "db", "migrate"], cwd=repo, env=env, capture_output=True, check=True)
     return repo, env
-
-
-def dags_test(repo: Path, env: dict[str, str], overrides: list[str]) -> subprocess.CompletedProcess:
-    from tests.conftest import ENV_BIN
-
-    return subprocess.run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22",
-                           "-c", json.dumps({"overrides": overrides})], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow
-def test_airflow_dags_test_with_overrides_runs_the_stage_with_them_and_restores_params(tmp_path):
-    """A manual run end to end (`airflow dags test -c`), on a copy trimmed to fetch_teacher,
-    on a worker whose shell start-up files put a decoy python first."""
-    repo, env = airflow_workspace(tmp_path)
-    committed = (repo / "params.yaml").read_bytes()
-    result = dags_test(repo, env, ["fetch_teacher.random.seed=3"])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert json.loads((repo / "artifacts/teacher/metadata.json").read_text())["random_seed"] == 3
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch_teacher"]["params"]["params.yaml"]
-    assert lock["fetch_teacher"]["random"]["seed"] == 3  # dvc.lock records what ran
-    assert (repo / "params.yaml").read_bytes() == committed  # the teardown put it back
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("override, task, error", [
-    ("fetch_teacher.random.seed=-5", "params", "fetch_teacher.random.seed"),  # refused by params
-    ("fetch_teacher.source=/no/such/teacher.pt", "fetch_teacher",  # refused by the stage (exit 2)
-     "fetch_teacher: error: /no/such/teacher.pt"),
-])
-def test_bad_input_fails_at_once_and_the_failure_is_on_the_pipeline_run(tmp_path, override, task,
-                                                                         error):
-    """Bad input (exit 2) is not retried: one try, and the DAG run's pipeline run in MLflow
-    is FAILED with the failing task and its one-line error, also when no stage ran."""
-    import mlflow
-
-    repo, env = airflow_workspace(tmp_path)
-    committed = (repo / "params.yaml").read_bytes()
-    result = dags_test(repo, env, [override])
-    log = result.stdout + result.stderr
-    assert "up_for_retry" not in log.lower() and "decoy executable" not in log, log[-4000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    try:
-        (run,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
-                                    filter_string="tags.role = 'pipeline'")
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert run.info.status == "FAILED" and run.data.tags["failed_task"] == task
-    assert run.data.tags["error"].startswith(f"{task}: bad input, not retried: ")
-    assert error in run.data.tags["error"] and "\n" not in run.data.tags["error"]
-    assert "airflow_task_id" not in run.data.tags and run.data.tags["airflow_run_id"]
-    assert (repo / "params.yaml").read_bytes() == committed
 
 
 @pytest.mark.parametrize("script, status, last", [
@@ -633,81 +585,84 @@ class LiveAirflow:
                 process.wait()
 
 
+def pipeline_runs(env: dict[str, str], run_id: str) -> list:
+    """The MLflow runs of a DAG run (its pipeline run and stage runs)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        return mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                  filter_string=f"tags.airflow_run_id = '{run_id}'")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 @pytest.mark.slow
 def test_a_live_scheduler_runs_an_overridden_run_as_a_dvc_experiment_and_fails_bad_input_at_once(tmp_path):
     """Issue 18's acceptance test: Airflow 3 as deployed (API server, scheduler, DAG processor;
-    LocalExecutor, SQLite) on a copy of the repository trimmed to fetch_teacher, reproduced and
-    committed, on a worker whose shell start-up files put a decoy python first. A run with
-    tiny overrides triggered through the REST API succeeds; MLflow has its pipeline run and the
-    stage run nested under it, both tagged with the DAG run, the pipeline run tagged with the
-    DVC experiment that holds the run; git status is clean afterwards. A bad override fails the
-    run in its first task at once, without retries, with one line on the pipeline run."""
+    LocalExecutor, SQLite) on a committed copy of the repository trimmed to fetch_teacher, on a
+    worker whose shell start-up files put a decoy python first, runs triggered through the REST
+    API. A run with tiny overrides succeeds: the stage ran with them, the run is the DVC
+    experiment its MLflow pipeline run names, the stage run is nested under that pipeline run,
+    both tagged with the DAG run, and git status is clean afterwards. Bad input fails the run
+    at once, in one try, with one line on its pipeline run: an override the params refuse, and
+    one the stage refuses (exit 2 behind dvc repro's 255; the metrics it deleted come back)."""
     import time
-
-    import mlflow
 
     from tests.conftest import ENV_BIN
 
     repo, env = airflow_workspace(tmp_path)
     airflow = LiveAirflow(env, tmp_path / "airflow")
     airflow.start()
-    try:
-        # while Airflow starts: the committed workspace is the committed params' results
-        setup = subprocess.run([f"{ENV_BIN}/dvc", "repro"], cwd=repo, env={**env, "STYLEGAN_MOBILE_TRACKING": "off"},
-                               capture_output=True, text=True, timeout=600)
-        assert setup.returncode == 0, setup.stdout + setup.stderr
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "tiny params, fetch_teacher only, reproduced")
-        lock = (repo / "dvc.lock").read_bytes()
-        airflow.ready()
 
+    def experiments() -> list[str]:
+        return subprocess.run([f"{ENV_BIN}/dvc", "exp", "list", "--name-only"], cwd=repo, env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    try:
+        airflow.ready()
         started = time.monotonic()
         run_id = airflow.trigger({"overrides": ["fetch_teacher.random.seed=3"]})
         state, tasks = airflow.wait(run_id, timeout_s=300)
-        took = time.monotonic() - started
+        durations = ", ".join(f"{t} {ti['duration']:.0f} s" for t, ti in tasks.items())
+        print(f"\noverridden run: {time.monotonic() - started:.0f} s ({durations})")
         assert state == "success", (tasks, airflow.logs())
         assert {t: ti["state"] for t, ti in tasks.items()} == dict.fromkeys(
             ["params", "fetch_teacher", "restore_params"], "success")
         assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
-        assert (repo / "dvc.lock").read_bytes() == lock
-        assert "up to date" in subprocess.run([f"{ENV_BIN}/dvc", "status"], cwd=repo, env=env, capture_output=True,
-                                              text=True).stdout  # the outputs are the committed ones again
+        assert not (repo / "dvc.lock").exists() and not (repo / "artifacts/teacher").exists()  # as found
 
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        try:
-            runs = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
-                                      filter_string=f"tags.airflow_run_id = '{run_id}'")
-        finally:
-            mlflow.set_tracking_uri(None)
+        runs = pipeline_runs(env, run_id)
         (parent,) = [r for r in runs if r.data.tags.get("role") == "pipeline"]
         (stage,) = [r for r in runs if r is not parent]
         assert parent.data.tags["airflow_dag_id"] == LiveAirflow.DAG and "airflow_task_id" not in parent.data.tags
-        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert stage.data.tags["airflow_task_id"] == "fetch_teacher" and stage.info.status == "FINISHED"
+        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id and stage.info.status == "FINISHED"
+        assert stage.data.tags["airflow_task_id"] == "fetch_teacher"
         experiment = parent.data.tags["dvc_experiment"]
-        listed = subprocess.run([f"{ENV_BIN}/dvc", "exp", "list", "--name-only"], cwd=repo, env=env,
-                                capture_output=True, text=True).stdout.split()
-        assert listed == [experiment] and experiment.startswith("airflow-manual__")
-        print(f"\noverridden run: {took:.0f} s, DVC experiment {experiment}")
+        assert experiments() == [experiment] and experiment.startswith("airflow-manual__")
+        (ref,) = [r for r in git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+                  if r.endswith(f"/{experiment}")]
+        saved = yaml.safe_load(git(repo, "show", f"{ref}:dvc.lock"))["stages"]["fetch_teacher"]
+        assert saved["params"]["params.yaml"]["fetch_teacher"]["random"]["seed"] == 3  # what ran
 
-        started = time.monotonic()
-        bad = airflow.trigger({"overrides": ["distill.steps=-5"]})
-        state, tasks = airflow.wait(bad, timeout_s=120)
-        took = time.monotonic() - started
-        assert state == "failed" and tasks["params"]["state"] == "failed" and tasks["params"]["try_number"] == 1
-        assert tasks["fetch_teacher"]["state"] == "upstream_failed"
-        assert took < 60
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        try:
-            (failed,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
-                                           filter_string=f"tags.airflow_run_id = '{bad}'")
-        finally:
-            mlflow.set_tracking_uri(None)
-        assert failed.info.status == "FAILED" and failed.data.tags["failed_task"] == "params"
-        error = failed.data.tags["error"]
-        assert error.startswith("params: bad input, not retried: error: ") and "distill.steps" in error
-        assert "\n" not in error
-        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
-        print(f"bad override: failed in {took:.0f} s: {error}")
+        for override, task, error in [
+            ("distill.steps=-5", "params", "error: params.yaml: distill.steps: "),  # refused by params
+            ("fetch_teacher.source=/no/such/teacher.pt", "fetch_teacher",  # refused by the stage
+             "fetch_teacher: error: /no/such/teacher.pt"),
+        ]:
+            started = time.monotonic()
+            bad = airflow.trigger({"overrides": [override]})
+            state, tasks = airflow.wait(bad, timeout_s=120)
+            took = time.monotonic() - started
+            assert state == "failed" and tasks[task]["state"] == "failed", tasks
+            assert tasks[task]["try_number"] == 1 and took < 60, (tasks, took)  # not retried
+            (failed,) = [r for r in pipeline_runs(env, bad) if r.data.tags.get("role") == "pipeline"]
+            line = failed.data.tags["error"]
+            print(f"{override}: failed in {took:.0f} s: {line}")
+            assert failed.info.status == "FAILED" and failed.data.tags["failed_task"] == task
+            assert line.startswith(f"{task}: bad input, not retried: {error}") and "\n" not in line
+            assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert tasks["restore_params"]["state"] == "success"  # after a failed stage: metrics back
+        assert experiments() == [experiment]  # nothing ran with the bad overrides
     finally:
         airflow.stop()
