@@ -109,6 +109,7 @@ def test_a_manual_run_takes_a_profile_and_overrides_applied_by_a_setup_task(nigh
     assert env["STYLEGAN_MOBILE_PROFILE"] == "ffhq256"
     assert json.loads(env["STYLEGAN_MOBILE_OVERRIDES"]) == ["distill.steps=10", "search.seed=3"]
     assert env["STYLEGAN_MOBILE_RUN_GROUP"] == "airflow-manual__1"
+    assert env["STYLEGAN_MOBILE_RUN_ID"] == "manual__1"  # names the run's DVC experiment
     default = setup.render_template(setup.env, {"params": dict(dag.params), "run_id": "r"},
                                     jinja_env=dag.get_template_env())
     assert default["STYLEGAN_MOBILE_PROFILE"] == "" and default["STYLEGAN_MOBILE_OVERRIDES"] == "[]"
@@ -318,6 +319,21 @@ def test_an_overridden_run_is_a_dvc_experiment_and_leaves_the_workspace_as_it_fo
     assert saved["make"]["params"]["params.yaml"]["search.seed"] == 4242
     assert saved["report"] == committed["report"]  # the failed stage: not recorded as run
     assert json.loads(git(repo, "show", f"{ref}:metrics/make.json")) == {"seed": 4242}
+
+
+@pytest.mark.parametrize("run_id", [
+    "manual__2026-12-03T06:12:55.120+00:00", "scheduled__2026-12-03T02:00:00+00:00",
+    "my run..with @{odd} chars/and.lock", "-.x.lock",
+])
+def test_a_dag_run_id_becomes_a_valid_dvc_experiment_name(run_id):
+    spec = importlib.util.spec_from_file_location("run_params", REPO / "dags" / "run_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = module.experiment_name(run_id)
+    assert name.startswith("airflow-") and "/" not in name
+    check = subprocess.run(["git", "check-ref-format", f"refs/exps/x/{name}"], capture_output=True)
+    assert check.returncode == 0, name
+    assert module.experiment_name("") is None  # outside Airflow: DVC picks a name
 
 
 def test_the_cluster_variant_runs_every_task_as_a_pod_and_distill_under_torchrun(cluster):
