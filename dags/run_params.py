@@ -236,10 +236,11 @@ def tag_pipeline_run(experiment: str) -> None:
 def restore(record: bool = True) -> str | None:
     """Leave the workspace as the run found it (see the module docstring); None when there
     was no snapshot. ``record``: save an overridden run as a DVC experiment first."""
-    if LEGACY_KEPT.exists():
-        os.replace(LEGACY_KEPT, PARAMS)
     if not MANIFEST.exists():
         shutil.rmtree(BASE, ignore_errors=True)
+        if LEGACY_KEPT.exists():
+            os.replace(LEGACY_KEPT, PARAMS)
+            return "put back params.yaml (kept by an earlier version of this script)"
         return None
     manifest = json.loads(MANIFEST.read_text())
     if not manifest["overrides"]:  # plain run: keep its results, put back what is missing
@@ -261,11 +262,9 @@ def restore(record: bool = True) -> str | None:
                 _warn(f"dvc exp save: {e}")
             if experiment:
                 tag_pipeline_run(experiment)
-    finally:
-        _put_back(str(PARAMS))  # whatever happened above
-        for rel in manifest["existed"]:
-            if rel != str(PARAMS):
-                _put_back(rel)
+    finally:  # whatever happened above; params.yaml first
+        for rel in sorted(manifest["existed"], key=lambda rel: rel != str(PARAMS)):
+            _put_back(rel)
         for rel in manifest["missing"] + manifest["cached_missing"]:
             _remove(Path(rel))
     _checkout()
