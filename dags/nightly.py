@@ -8,7 +8,11 @@ comes from the stages' data dependencies (a dep inside another stage's outs).
 A manual run can pick a profile and override keys (DAG params ``profile`` and
 ``overrides``, the grammar of ``dvc exp run -S``): the setup task ``params`` writes
 them into params.yaml (``dags/run_params.py``), the teardown task ``restore_params``
-puts the committed file back, also when a stage failed.
+leaves the workspace as the run found it, also when a stage failed. Where each run's
+results live: a plain run's (the nightly) in the workspace (dvc.lock, metrics/, cached
+outputs), MLflow and the artifact store; a run with a profile or overrides in its DVC
+experiment ``airflow-<run id>`` (its MLflow pipeline run is tagged ``dvc_experiment``),
+MLflow and the artifact store, never in the workspace (see run_params.py).
 
 Where the tasks run (``STYLEGAN_MOBILE_RUNNER``):
 
@@ -140,6 +144,8 @@ def _on_failure(context) -> None:
 TASK_ENV = {
     # Groups the stage runs under one MLflow parent run per DAG run.
     "STYLEGAN_MOBILE_RUN_GROUP": "airflow-{{ run_id }}",
+    # Names the DVC experiment a run with a profile or overrides is saved as (run_params.py).
+    "STYLEGAN_MOBILE_RUN_ID": "{{ run_id }}",
     "STYLEGAN_MOBILE_PROFILE": "{{ params.profile or '' }}",
     "STYLEGAN_MOBILE_OVERRIDES": "{{ params.overrides | tojson }}",
     "DVC_NO_ANALYTICS": "1",

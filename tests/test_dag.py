@@ -109,6 +109,7 @@ def test_a_manual_run_takes_a_profile_and_overrides_applied_by_a_setup_task(nigh
     assert env["STYLEGAN_MOBILE_PROFILE"] == "ffhq256"
     assert json.loads(env["STYLEGAN_MOBILE_OVERRIDES"]) == ["distill.steps=10", "search.seed=3"]
     assert env["STYLEGAN_MOBILE_RUN_GROUP"] == "airflow-manual__1"
+    assert env["STYLEGAN_MOBILE_RUN_ID"] == "manual__1"  # names the run's DVC experiment
     default = setup.render_template(setup.env, {"params": dict(dag.params), "run_id": "r"},
                                     jinja_env=dag.get_template_env())
     assert default["STYLEGAN_MOBILE_PROFILE"] == "" and default["STYLEGAN_MOBILE_OVERRIDES"] == "[]"
@@ -152,7 +153,11 @@ def test_run_params_without_params_leaves_the_file_alone(workspace):
     committed = (workspace / "params.yaml").read_bytes()
     assert run_params(workspace, "apply").returncode == 0
     assert (workspace / "params.yaml").read_bytes() == committed
-    assert not (workspace / ".dvc/tmp").exists()
+    manifest = json.loads((workspace / ".dvc/tmp/airflow-base/manifest.json").read_text())
+    assert manifest["overrides"] == [] and manifest["existed"] == ["params.yaml"]  # no dvc.yaml here
+    assert run_params(workspace, "restore").returncode == 0
+    assert (workspace / "params.yaml").read_bytes() == committed
+    assert not (workspace / ".dvc/tmp/airflow-base").exists()
 
 
 @pytest.mark.parametrize("profile, overrides, names", [
@@ -166,7 +171,7 @@ def test_run_params_refuses_bad_input_with_one_line_and_keeps_the_file(workspace
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and names in result.stderr
     assert (workspace / "params.yaml").read_bytes() == committed
-    assert not (workspace / ".dvc/tmp/params.yaml.airflow-base").exists()
+    assert not (workspace / ".dvc/tmp/airflow-base").exists()  # the teardown does not run after it
 
 
 def test_run_params_first_restores_what_an_interrupted_run_left(workspace):
@@ -177,6 +182,158 @@ def test_run_params_first_restores_what_an_interrupted_run_left(workspace):
     assert yaml.safe_load((workspace / "params.yaml").read_text())["search"]["seed"] == 4
     run_params(workspace, "restore")
     assert (workspace / "params.yaml").read_bytes() == committed
+
+
+# A two-stage DVC project in git, with the project's params.yaml: ``make`` reads search.seed
+# into a cached output, a metric and a plot; ``report`` reads make's output and fails when
+# $FAIL_REPORT is set (dvc repro has removed its outputs by then, as for a real stage).
+MINI_STAGES = {
+    "make": {"cmd": "python make.py", "deps": ["make.py"], "params": ["search.seed"], "outs": ["artifacts/make"],
+             "metrics": [{"metrics/make.json": {"cache": False}}], "plots": [{"plots/make.csv": {"cache": False}}]},
+    "report": {"cmd": "python report.py", "deps": ["artifacts/make", "report.py"], "outs": ["artifacts/report"],
+               "metrics": [{"metrics/report.json": {"cache": False}}]},
+}
+MAKE_PY = """import json, os, yaml
+OFFSET = 0
+seed = yaml.safe_load(open("params.yaml"))["search"]["seed"] + OFFSET
+for d in ("artifacts/make", "metrics", "plots"):
+    os.makedirs(d, exist_ok=True)
+open("artifacts/make/value.txt", "w").write(str(seed))
+json.dump({"seed": seed}, open("metrics/make.json", "w"))
+open("plots/make.csv", "w").write(f"step,seed\\n0,{seed}\\n")
+"""
+REPORT_PY = """import json, os, sys
+if os.environ.get("FAIL_REPORT"):
+    sys.exit("report: error: failing as asked")
+os.makedirs("artifacts/report", exist_ok=True)
+value = open("artifacts/make/value.txt").read()
+open("artifacts/report/report.txt", "w").write(f"seed {value}")
+json.dump({"seed": int(value)}, open("metrics/report.json", "w"))
+"""
+GIT_USER = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_USER}, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def dvc(repo: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    from tests.conftest import ENV_BIN, env_with_venv
+
+    result = subprocess.run([f"{ENV_BIN}/dvc", *args], cwd=repo, env=env_with_venv(**env), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 or not check, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def dvc_template(tmp_path_factory) -> Path:
+    """The mini project, reproduced and committed (copied for each test)."""
+    repo = tmp_path_factory.mktemp("dvc-template") / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    shutil.copy2(REPO / "params.yaml", repo / "params.yaml")
+    shutil.copytree(REPO / "dags", repo / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": MINI_STAGES}, sort_keys=False))
+    (repo / "make.py").write_text(MAKE_PY)
+    (repo / "report.py").write_text(REPORT_PY)
+    (repo / ".gitignore").write_text("/artifacts/\n/plots/\n__pycache__/\n")
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "repro", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    return repo
+
+
+@pytest.fixture
+def dvc_project(dvc_template, tmp_path) -> Path:
+    return Path(shutil.copytree(dvc_template, tmp_path / "repo", symlinks=True))
+
+
+def dag_step(repo: Path, action: str, overrides=(), **env: str) -> subprocess.CompletedProcess:
+    """``run_params.py apply|restore`` as the DAG's task runs it, on a worker whose git has no
+    user configured (empty HOME): dvc exp save needs the fallback identity."""
+    from tests.conftest import ENV_BIN, env_with_venv
+
+    home = repo.parent / "home"
+    home.mkdir(exist_ok=True)
+    task_env = env_with_venv(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", STYLEGAN_MOBILE_PROFILE="",
+                             STYLEGAN_MOBILE_OVERRIDES=json.dumps(list(overrides)),
+                             STYLEGAN_MOBILE_RUN_ID="manual__2026-12-03T06:12:55.120+00:00", **env)
+    for name in GIT_USER:
+        task_env.pop(name, None)
+    result = subprocess.run([f"{ENV_BIN}/python", "dags/run_params.py", action], cwd=repo, env=task_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_a_plain_run_keeps_its_lock_and_metrics_and_gets_back_what_a_failed_stage_deleted(dvc_project):
+    """The nightly without overrides updates dvc.lock and metrics (the committed params'
+    results); a stage that failed has lost its metrics and outputs: they come back."""
+    repo = dvc_project
+    (repo / "make.py").write_text(MAKE_PY.replace("OFFSET = 0", "OFFSET = 7"))  # new code, committed
+    git(repo, "commit", "-qam", "make: offset 7")
+    old_report = (repo / "metrics/report.json").read_bytes()
+    dag_step(repo, "apply")
+    dvc(repo, "repro", "--single-item", "make")
+    failed = dvc(repo, "repro", "--single-item", "report", check=False, FAIL_REPORT="1")
+    assert failed.returncode != 0 and not (repo / "metrics/report.json").exists()
+    assert not (repo / "artifacts/report").exists()
+
+    restored = dag_step(repo, "restore")
+    assert "metrics/report.json" in restored.stdout and "warning" not in restored.stdout, restored.stdout
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["search"]["seed"]
+    assert json.loads((repo / "metrics/make.json").read_text()) == {"seed": seed + 7}  # kept
+    assert git(repo, "status", "--porcelain").splitlines() == [" M dvc.lock", " M metrics/make.json"]
+    assert (repo / "metrics/report.json").read_bytes() == old_report  # put back
+    assert (repo / "artifacts/report/report.txt").read_text() == f"seed {seed}"  # checked out (the lock's)
+    assert not (repo / ".dvc/tmp/airflow-base").exists()
+
+
+def test_an_overridden_run_is_a_dvc_experiment_and_leaves_the_workspace_as_it_found_it(dvc_project):
+    """A run with overrides, whose second stage fails: the stage that ran is saved as the DVC
+    experiment airflow-<run id>; params.yaml, dvc.lock, metrics, plots and the cached outputs
+    are as committed again, so git sees nothing and the next plain run has nothing to do."""
+    repo = dvc_project
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["search"]["seed"]
+    status_before = git(repo, "status", "--porcelain", "--untracked-files=all")
+    dag_step(repo, "apply", ["search.seed=4242"])
+    dvc(repo, "repro", "--single-item", "make")
+    dvc(repo, "repro", "--single-item", "report", check=False, FAIL_REPORT="1")
+    assert (repo / "artifacts/make/value.txt").read_text() == "4242"
+
+    restored = dag_step(repo, "restore")
+    name = "airflow-manual__2026-12-03T06-12-55.120-00-00"
+    assert f"DVC experiment {name}: make " in restored.stdout and "warning" not in restored.stdout, restored.stdout
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == status_before == ""
+    assert (repo / "artifacts/make/value.txt").read_text() == str(seed)
+    assert (repo / "artifacts/report/report.txt").read_text() == f"seed {seed}"
+    assert (repo / "plots/make.csv").read_text().endswith(f"0,{seed}\n")
+    assert "up to date" in dvc(repo, "status").stdout
+    assert dvc(repo, "exp", "list", "--name-only").stdout.split() == [name]
+    (ref,) = [r for r in git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith(name)]
+    saved = yaml.safe_load(git(repo, "show", f"{ref}:dvc.lock"))["stages"]
+    committed = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert saved["make"]["params"]["params.yaml"]["search.seed"] == 4242
+    assert saved["report"] == committed["report"]  # the failed stage: not recorded as run
+    assert json.loads(git(repo, "show", f"{ref}:metrics/make.json")) == {"seed": 4242}
+
+
+@pytest.mark.parametrize("run_id", [
+    "manual__2026-12-03T06:12:55.120+00:00", "scheduled__2026-12-03T02:00:00+00:00",
+    "my run..with @{odd} chars/and.lock", "-.x.lock",
+])
+def test_a_dag_run_id_becomes_a_valid_dvc_experiment_name(run_id):
+    spec = importlib.util.spec_from_file_location("run_params", REPO / "dags" / "run_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = module.experiment_name(run_id)
+    assert name.startswith("airflow-") and "/" not in name
+    check = subprocess.run(["git", "check-ref-format", f"refs/exps/x/{name}"], capture_output=True)
+    assert check.returncode == 0, name
+    assert module.experiment_name("") is None  # outside Airflow: DVC picks a name
 
 
 def test_the_cluster_variant_runs_every_task_as_a_pod_and_distill_under_torchrun(cluster):
@@ -289,14 +446,18 @@ def decoy_shell(tmp_path: Path) -> dict[str, str]:
 
 
 def airflow_workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A copy of the repository trimmed to fetch_teacher, an Airflow home with its database,
-    and the environment of a worker with a decoy python (see :func:`decoy_shell`)."""
+    """A copy of the repository trimmed to fetch_teacher with tiny params, committed as a
+    checkout that never ran (no dvc.lock), an Airflow home with its database, and the
+    environment of a worker with a decoy python (see :func:`decoy_shell`)."""
     from tests.conftest import ENV_BIN, copy_repo, env_with_venv, tiny_params
 
     repo = copy_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fetch_teacher": stages["fetch_teacher"]}}))
+    (repo / "dvc.lock").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny params, fetch_teacher only")
     home = tmp_path / "airflow"
     env = env_with_venv(
         AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(repo / "dags"),
@@ -306,58 +467,6 @@ def airflow_workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         **decoy_shell(tmp_path))
     subprocess.run([f"{ENV_BIN}/airflow", "db", "migrate"], cwd=repo, env=env, capture_output=True, check=True)
     return repo, env
-
-
-def dags_test(repo: Path, env: dict[str, str], overrides: list[str]) -> subprocess.CompletedProcess:
-    from tests.conftest import ENV_BIN
-
-    return subprocess.run([f"{ENV_BIN}/airflow", "dags", "test", "stylegan_mobile_nightly", "2026-11-22",
-                           "-c", json.dumps({"overrides": overrides})], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow
-def test_airflow_dags_test_with_overrides_runs_the_stage_with_them_and_restores_params(tmp_path):
-    """A manual run end to end (`airflow dags test -c`), on a copy trimmed to fetch_teacher,
-    on a worker whose shell start-up files put a decoy python first."""
-    repo, env = airflow_workspace(tmp_path)
-    committed = (repo / "params.yaml").read_bytes()
-    result = dags_test(repo, env, ["fetch_teacher.random.seed=3"])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert json.loads((repo / "artifacts/teacher/metadata.json").read_text())["random_seed"] == 3
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch_teacher"]["params"]["params.yaml"]
-    assert lock["fetch_teacher"]["random"]["seed"] == 3  # dvc.lock records what ran
-    assert (repo / "params.yaml").read_bytes() == committed  # the teardown put it back
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("override, task, error", [
-    ("fetch_teacher.random.seed=-5", "params", "fetch_teacher.random.seed"),  # refused by params
-    ("fetch_teacher.source=/no/such/teacher.pt", "fetch_teacher",  # refused by the stage (exit 2)
-     "fetch_teacher: error: /no/such/teacher.pt"),
-])
-def test_bad_input_fails_at_once_and_the_failure_is_on_the_pipeline_run(tmp_path, override, task,
-                                                                         error):
-    """Bad input (exit 2) is not retried: one try, and the DAG run's pipeline run in MLflow
-    is FAILED with the failing task and its one-line error, also when no stage ran."""
-    import mlflow
-
-    repo, env = airflow_workspace(tmp_path)
-    committed = (repo / "params.yaml").read_bytes()
-    result = dags_test(repo, env, [override])
-    log = result.stdout + result.stderr
-    assert "up_for_retry" not in log.lower() and "decoy executable" not in log, log[-4000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    try:
-        (run,) = mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
-                                    filter_string="tags.role = 'pipeline'")
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert run.info.status == "FAILED" and run.data.tags["failed_task"] == task
-    assert run.data.tags["error"].startswith(f"{task}: bad input, not retried: ")
-    assert error in run.data.tags["error"] and "\n" not in run.data.tags["error"]
-    assert "airflow_task_id" not in run.data.tags and run.data.tags["airflow_run_id"]
-    assert (repo / "params.yaml").read_bytes() == committed
 
 
 @pytest.mark.parametrize("script, status, last", [
@@ -387,3 +496,189 @@ def test_a_task_that_exits_2_fails_for_good_with_its_last_line(nightly, tmp_path
     task = nightly.ProjectTask(task_id="t", command="bash -c 'echo oops; exit 3'", cwd=str(REPO))
     with pytest.raises(AirflowException, match="exit status 3: oops"):
         task._run_inline_command(bash_path="bash", env=dict(os.environ))
+
+
+class LiveAirflow:
+    """A real Airflow on loopback: API server, scheduler (LocalExecutor) and DAG processor as
+    separate processes on one SQLite database, sharing one JWT secret; every admin (simple auth
+    manager), the DAG unpaused at creation and no cron runs (manual runs only)."""
+
+    DAG = "stylegan_mobile_nightly"
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        from tests.conftest import free_port
+
+        self.folder, port = folder, free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**env,
+                    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                    "AIRFLOW__API__BASE_URL": self.url,
+                    "AIRFLOW__API__PORT": str(port),
+                    "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+                    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no scheduled run of 02:00
+                    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+                    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.headers: dict[str, str] = {}
+
+    def start(self) -> None:
+        from tests.conftest import ENV_BIN
+
+        commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", self.env["AIRFLOW__API__PORT"],
+                                   "--workers", "1"],
+                    "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
+        for name, args in commands.items():
+            with (self.folder / f"{name}.log").open("w") as log:
+                self.processes[name] = subprocess.Popen(
+                    [f"{ENV_BIN}/airflow", *args], cwd=self.folder, env=self.env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}.log\n" + (self.folder / f"{name}.log").read_text()[-3000:]
+                         for name in self.processes)
+
+    def wait_until(self, what: str, probe, timeout_s: float):
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"airflow {name} exited\n{self.logs()}"
+            try:
+                if found := probe():
+                    return found
+            except OSError:  # requests' ConnectionError: not up yet
+                pass
+            assert time.monotonic() < deadline, f"{what}: not after {timeout_s} s\n{self.logs()}"
+            time.sleep(0.5)
+
+    def api(self, method: str, path: str, **kwargs):
+        import requests
+
+        return requests.request(method, f"{self.url}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
+
+    def ready(self, timeout_s: float = 180) -> None:
+        """Logged in (POST /auth/token) and the DAG parsed."""
+        import requests
+
+        def token():
+            answer = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": "admin"},
+                                   timeout=10)
+            return answer.status_code == 201 and answer.json()["access_token"]
+
+        self.headers = {"Authorization": f"Bearer {self.wait_until('API server', token, timeout_s)}"}
+        self.wait_until("DAG parsed", lambda: self.api("GET", f"/dags/{self.DAG}").ok, timeout_s)
+
+    def trigger(self, conf: dict) -> str:
+        answer = self.api("POST", f"/dags/{self.DAG}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["dag_run_id"]
+
+    def wait(self, run_id: str, timeout_s: float) -> tuple[str, dict[str, dict]]:
+        """The run's final state and its task instances by task id."""
+        from urllib.parse import quote
+
+        path = f"/dags/{self.DAG}/dagRuns/{quote(run_id, safe='')}"
+        state = self.wait_until(f"run {run_id}", lambda: self.api("GET", path).json()["state"] in ("success", "failed")
+                                and self.api("GET", path).json()["state"], timeout_s)
+        tasks = self.api("GET", f"{path}/taskInstances").json()["task_instances"]
+        return state, {t["task_id"]: t for t in tasks}
+
+    def stop(self) -> None:
+        import signal
+
+        for process in self.processes.values():  # each with the workers it started
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def pipeline_runs(env: dict[str, str], run_id: str) -> list:
+    """The MLflow runs of a DAG run (its pipeline run and stage runs)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        return mlflow.search_runs(experiment_names=["stylegan-mobile"], output_format="list",
+                                  filter_string=f"tags.airflow_run_id = '{run_id}'")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_a_live_scheduler_runs_an_overridden_run_as_a_dvc_experiment_and_fails_bad_input_at_once(tmp_path):
+    """Issue 18's acceptance test: Airflow 3 as deployed (API server, scheduler, DAG processor;
+    LocalExecutor, SQLite) on a committed copy of the repository trimmed to fetch_teacher, on a
+    worker whose shell start-up files put a decoy python first, runs triggered through the REST
+    API. A run with tiny overrides succeeds: the stage ran with them, the run is the DVC
+    experiment its MLflow pipeline run names, the stage run is nested under that pipeline run,
+    both tagged with the DAG run, and git status is clean afterwards. Bad input fails the run
+    at once, in one try, with one line on its pipeline run: an override the params refuse, and
+    one the stage refuses (exit 2 behind dvc repro's 255; the metrics it deleted come back)."""
+    import time
+
+    from tests.conftest import ENV_BIN
+
+    repo, env = airflow_workspace(tmp_path)
+    airflow = LiveAirflow(env, tmp_path / "airflow")
+    airflow.start()
+
+    def experiments() -> list[str]:
+        return subprocess.run([f"{ENV_BIN}/dvc", "exp", "list", "--name-only"], cwd=repo, env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    try:
+        airflow.ready()
+        started = time.monotonic()
+        run_id = airflow.trigger({"overrides": ["fetch_teacher.random.seed=3"]})
+        state, tasks = airflow.wait(run_id, timeout_s=300)
+        durations = ", ".join(f"{t} {ti['duration']:.0f} s" for t, ti in tasks.items())
+        print(f"\noverridden run: {time.monotonic() - started:.0f} s ({durations})")
+        assert state == "success", (tasks, airflow.logs())
+        assert {t: ti["state"] for t, ti in tasks.items()} == dict.fromkeys(
+            ["params", "fetch_teacher", "restore_params"], "success")
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert not (repo / "dvc.lock").exists() and not (repo / "artifacts/teacher").exists()  # as found
+
+        runs = pipeline_runs(env, run_id)
+        (parent,) = [r for r in runs if r.data.tags.get("role") == "pipeline"]
+        (stage,) = [r for r in runs if r is not parent]
+        assert parent.data.tags["airflow_dag_id"] == LiveAirflow.DAG and "airflow_task_id" not in parent.data.tags
+        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id and stage.info.status == "FINISHED"
+        assert stage.data.tags["airflow_task_id"] == "fetch_teacher"
+        experiment = parent.data.tags["dvc_experiment"]
+        assert experiments() == [experiment] and experiment.startswith("airflow-manual__")
+        (ref,) = [r for r in git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+                  if r.endswith(f"/{experiment}")]
+        saved = yaml.safe_load(git(repo, "show", f"{ref}:dvc.lock"))["stages"]["fetch_teacher"]
+        assert saved["params"]["params.yaml"]["fetch_teacher"]["random"]["seed"] == 3  # what ran
+
+        for override, task, error in [
+            ("distill.steps=-5", "params", "error: params.yaml: distill.steps: "),  # refused by params
+            ("fetch_teacher.source=/no/such/teacher.pt", "fetch_teacher",  # refused by the stage
+             "fetch_teacher: error: /no/such/teacher.pt"),
+        ]:
+            started = time.monotonic()
+            bad = airflow.trigger({"overrides": [override]})
+            state, tasks = airflow.wait(bad, timeout_s=120)
+            took = time.monotonic() - started
+            assert state == "failed" and tasks[task]["state"] == "failed", tasks
+            assert tasks[task]["try_number"] == 1 and took < 60, (tasks, took)  # not retried
+            (failed,) = [r for r in pipeline_runs(env, bad) if r.data.tags.get("role") == "pipeline"]
+            line = failed.data.tags["error"]
+            print(f"{override}: failed in {took:.0f} s: {line}")
+            assert failed.info.status == "FAILED" and failed.data.tags["failed_task"] == task
+            assert line.startswith(f"{task}: bad input, not retried: {error}") and "\n" not in line
+            assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert tasks["restore_params"]["state"] == "success"  # after a failed stage: metrics back
+        assert experiments() == [experiment]  # nothing ran with the bad overrides
+    finally:
+        airflow.stop()
