@@ -20,6 +20,8 @@ from tests.conftest import REPO, MlflowServer, tiny_params
 pytestmark = pytest.mark.slow
 
 GROUP = "airflow-manual__ui-review"
+NEXT = "airflow-scheduled__night-2"
+MODEL = "ui-student"
 WAIT_S = 60
 
 
@@ -85,8 +87,20 @@ def pipeline_runs(mlflow_server, tmp_path, monkeypatch) -> dict[str, str]:
         distill = run.run_id
     client = mlflow.MlflowClient()
     parent = client.get_run(distill).data.tags["mlflow.parentRunId"]
+    # the next night's run, to compare with
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, NEXT)
+    with tracking.stage_run("distill", params.distill, tags=tags, root=REPO) as run:
+        run.update_pipeline_run({"distill_steps": 8, "distill_psnr_start": 12.5,
+                                 "distill_psnr_end": 20.75}, params, {"profile": "test-tiny"}, [])
+        nxt = client.get_run(run.run_id).data.tags["mlflow.parentRunId"]
+    # two versions of a registered student, decided by aliases as the export stage does
+    client.create_registered_model(MODEL)
+    for run_id in (parent, nxt):
+        client.create_model_version(MODEL, f"runs:/{run_id}/summary", run_id=run_id)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.set_registered_model_alias(MODEL, "candidate", "2")
     return {"experiment": client.get_run(parent).info.experiment_id, "parent": parent,
-            "fetch_teacher": teacher, "distill": distill}
+            "next": nxt, "fetch_teacher": teacher, "distill": distill}
 
 
 def screenshot(driver, tmp_path: Path, name: str) -> None:
@@ -149,3 +163,29 @@ def test_the_mlflow_ui_shows_the_pipeline_run_its_stage_runs_metrics_and_sample_
     image = wait.until(grid_image)
     assert image.get_attribute("naturalHeight") == "64" and image.is_displayed()
     screenshot(browser, tmp_path, "distill_samples.png")
+
+
+def test_a_reviewer_compares_two_nightly_runs_and_sees_which_model_is_champion(
+        browser, mlflow_server, pipeline_runs, tmp_path):
+    import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    ids = f'["{pipeline_runs["parent"]}","{pipeline_runs["next"]}"]'
+    browser.get(f"{mlflow_server}/#/compare-runs?runs={ids}"
+                f'&experiments=["{pipeline_runs["experiment"]}"]')
+    shown = (f"pipeline {GROUP}", f"pipeline {NEXT}", "distill_psnr_end", "19.25", "20.75")
+    wait.until(lambda d: all(s in d.find_element(By.TAG_NAME, "body").text for s in shown))
+    screenshot(browser, tmp_path, "compare_runs.png")
+
+    browser.get(f"{mlflow_server}/#/models/{MODEL}")
+    shown = ("Version 1", "Version 2", "champion", "candidate")
+    wait.until(lambda d: all(s in d.find_element(By.TAG_NAME, "body").text for s in shown))
+    screenshot(browser, tmp_path, "registry.png")
+    # the same facts through the client
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias(MODEL, "champion").run_id == pipeline_runs["parent"]
+    runs = {r.info.run_name: r.data.metrics["distill_psnr_end"] for r in client.search_runs(
+        [pipeline_runs["experiment"]], "tags.role = 'pipeline'")}
+    assert runs == {f"pipeline {GROUP}": 19.25, f"pipeline {NEXT}": 20.75}
