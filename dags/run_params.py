@@ -19,7 +19,9 @@ they used. ``apply`` first puts back what an interrupted run left behind.
 - plain run (no profile, no overrides): the new dvc.lock and metrics are the committed
   params' results (the nightly's normal update) and stay; only files of the snapshot that
   are now missing come back (metrics/export.json after a failed export), and missing
-  cached outputs are checked out from the DVC cache (``dvc checkout``).
+  cached outputs are checked out from the DVC cache (``dvc checkout``). The run is also
+  saved as the DVC experiment ``airflow-<run id>`` (the workspace is left as it is), so
+  ``dvc exp show`` compares every nightly run.
 - run with a profile or overrides: the run is recorded first as the DVC experiment
   ``airflow-<run id>`` (``dvc exp save``, the stages that ran and are up to date; the
   Airflow run id comes in ``STYLEGAN_MOBILE_RUN_ID``), the DAG run's MLflow pipeline run
@@ -29,6 +31,10 @@ they used. ``apply`` first puts back what an interrupted run left behind.
   was before the run. A failed experiment save, tag or checkout is a ``warning:`` line
   and does not fail the teardown (the run's results are still in MLflow); the params are
   always put back.
+
+Every saved experiment is pushed (``dvc exp push``) to the git remote
+``$STYLEGAN_MOBILE_EXP_REMOTE`` or, by default, ``origin`` when there is one, with its
+outputs when DVC has a default remote; a failed push is a ``warning:`` line.
 
 Where a run's results live: a plain run's in the workspace (dvc.lock, metrics/, the
 cached outputs: commit them), MLflow and the artifact store; an overridden run's in its
@@ -233,6 +239,41 @@ def tag_pipeline_run(experiment: str) -> None:
         _warn(scrub_secrets(f"could not tag the MLflow pipeline run with dvc_experiment={experiment}: {e}"))
 
 
+def push_experiment(name: str) -> None:
+    """``dvc exp push`` to the git remote ``$STYLEGAN_MOBILE_EXP_REMOTE`` (default: origin,
+    when the repository has it), with the outputs when DVC has a default remote."""
+    remote = os.environ.get("STYLEGAN_MOBILE_EXP_REMOTE", "").strip()
+    if not remote:
+        try:
+            remotes = subprocess.run(["git", "remote"], capture_output=True, text=True).stdout.split()
+        except OSError:
+            remotes = []
+        if "origin" not in remotes:
+            return  # nowhere to share it: dvc exp show lists it here
+        remote = "origin"
+    has_storage = bool(_dvc("config", "core.remote").stdout.strip())
+    proc = _dvc("exp", "push", *([] if has_storage else ["--no-cache"]), remote, name,
+                env=_git_identity())
+    if proc.returncode != 0:
+        _warn(f"dvc exp push {remote} {name}: {_last_line(proc)}")
+    else:
+        print(f"pushed DVC experiment {name} to {remote}"
+              + ("" if has_storage else " (no DVC remote: its outputs stay in this cache)"))
+
+
+def _record(manifest: dict) -> str | None:
+    """The run as a DVC experiment: saved, named on its MLflow pipeline run, shared."""
+    try:
+        experiment = save_experiment(manifest)
+    except Exception as e:
+        _warn(f"dvc exp save: {e}")
+        return None
+    if experiment:
+        tag_pipeline_run(experiment)
+        push_experiment(experiment)
+    return experiment
+
+
 def restore(record: bool = True) -> str | None:
     """Leave the workspace as the run found it (see the module docstring); None when there
     was no snapshot. ``record``: save an overridden run as a DVC experiment first."""
@@ -250,18 +291,15 @@ def restore(record: bool = True) -> str | None:
         missing = [p for p in manifest["cached_existed"] if not Path(p).exists()]
         if missing:
             _checkout(missing)
+        experiment = _record(manifest) if record else None  # the workspace stays as it is
         shutil.rmtree(BASE, ignore_errors=True)
-        return "kept the run's dvc.lock and metrics" + (f"; put back {', '.join(back + missing)}"
-                                                        if back or missing else "")
+        return ("kept the run's dvc.lock and metrics"
+                + (f"; put back {', '.join(back + missing)}" if back or missing else "")
+                + (f"; the run is also DVC experiment {experiment}" if experiment else ""))
     experiment = None
     try:
         if record:
-            try:
-                experiment = save_experiment(manifest)
-            except Exception as e:
-                _warn(f"dvc exp save: {e}")
-            if experiment:
-                tag_pipeline_run(experiment)
+            experiment = _record(manifest)
     finally:  # whatever happened above; params.yaml first
         for rel in sorted(manifest["existed"], key=lambda rel: rel != str(PARAMS)):
             _put_back(rel)

@@ -282,11 +282,21 @@ def test_a_plain_run_keeps_its_lock_and_metrics_and_gets_back_what_a_failed_stag
     assert failed.returncode != 0 and not (repo / "metrics/report.json").exists()
     assert not (repo / "artifacts/report").exists()
 
+    remote = repo.parent / "shared.git"  # where a team shares experiments
+    git(repo.parent, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+
     restored = dag_step(repo, "restore")
     assert "metrics/report.json" in restored.stdout and "warning" not in restored.stdout, restored.stdout
     seed = yaml.safe_load((repo / "params.yaml").read_text())["search"]["seed"]
     assert json.loads((repo / "metrics/make.json").read_text()) == {"seed": seed + 7}  # kept
     assert git(repo, "status", "--porcelain").splitlines() == [" M dvc.lock", " M metrics/make.json"]
+    # ... and the run is a DVC experiment too, shared through the git remote
+    name = "airflow-manual__2026-12-03T06-12-55.120-00-00"
+    assert f"the run is also DVC experiment {name}" in restored.stdout
+    assert f"pushed DVC experiment {name} to origin" in restored.stdout
+    assert dvc(repo, "exp", "list", "--name-only").stdout.split() == [name]
+    assert git(remote, "for-each-ref", "--format=%(refname)", "refs/exps").strip().endswith(name)
     assert (repo / "metrics/report.json").read_bytes() == old_report  # put back
     assert (repo / "artifacts/report/report.txt").read_text() == f"seed {seed}"  # checked out (the lock's)
     assert not (repo / ".dvc/tmp/airflow-base").exists()
