@@ -35,6 +35,7 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
                "distill_psnr_start": metrics.get("psnr_to_teacher_start"),
                "distill_psnr_end": metrics.get("psnr_to_teacher_end"),
                "distill_psnr_p10_end": metrics.get("psnr_to_teacher_p10_end"),
+               "distill_ssim_end": metrics.get("ssim_to_teacher_end"),
                "distill_exploded_end": metrics.get("exploded_end")}
         for when in ("start", "end"):
             if key := next((k for k in metrics if k.startswith("lpips_") and k.endswith(f"_to_teacher_{when}")), None):
@@ -52,6 +53,7 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
                 continue  # baselines stay in the stage run
             if name != "teacher":  # the teacher's distances to itself say nothing
                 out[f"{name}_psnr"] = figures.get("psnr_median")
+                out[f"{name}_ssim"] = figures.get("ssim")
                 out[f"{name}_exploded"] = figures.get("exploded")
             for key in ("fid", "fid_randinit", "kid", "kid_randinit"):
                 out[f"{name}_{key}"] = figures.get(key)

@@ -323,7 +323,9 @@ class Search(Section):
         description="per-layer channel ratios the search picks from")
     min_resolution: Annotated[int, Field(ge=8)] | None = Field(
         None, description="also search lower output resolutions down to this; null: full only")
-    fitness: Literal["lpips", "mse"] = "lpips"
+    fitness: Literal["lpips", "mse", "ssim"] = Field(
+        "lpips", description="the distance minimised: LPIPS, MSE, or ssim (as 1 - SSIM, "
+        "weight-free: real on a machine without LPIPS weights)")
     reference: Literal["student", "teacher"] = Field(
         "student", description="compare sub-networks with the full student (Anycost's "
         "consistency) or with the teacher")

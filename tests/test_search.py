@@ -74,6 +74,16 @@ def test_the_search_is_reproducible_with_a_seed(tiny_student, tiny_teacher, lpip
     assert [r.history for r in other] != [r.history for r in runs[0]]
 
 
+def test_ssim_fitness_is_a_distance_the_search_minimises(tiny_student, tiny_teacher, lpips):
+    cfg = search_cfg(budgets={"half": 0.5}, fitness="ssim")
+    _, full, (r,) = search_all(tiny_student, tiny_teacher, lpips, cfg, torch.device("cpu"),
+                               progress=False)
+    assert full.distances["dssim"] == pytest.approx(0, abs=1e-6)  # the full student itself
+    assert r.best.distances["dssim"] == pytest.approx(1 - r.best.distances["ssim"])
+    assert r.best.distances["dssim"] <= r.uniform.distances["dssim"]
+    assert r.history == sorted(r.history, reverse=True) and r.history[-1] == r.best.distances["dssim"]
+
+
 def test_a_budget_below_the_smallest_sub_network_fails_before_searching(
     tiny_student, tiny_teacher, lpips, monkeypatch
 ):

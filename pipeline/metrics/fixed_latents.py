@@ -8,8 +8,9 @@ teacher's is bilinearly up-sampled to the full size, as it would be shown, so th
 detail it lacks counts against it.
 
 Distances per sample: ``lpips_<net>`` (named by :attr:`LPIPS.name`, ``_randinit`` on a
-stand-in backbone), ``mse``, ``pixel_l1``, ``psnr`` and ``exploded`` (images in [-1, 1]);
-reported as means with robust statistics beside them (medians, tails, counts).
+stand-in backbone), ``mse``, ``pixel_l1``, ``psnr``, ``ssim`` and, from 161 px,
+``ms_ssim`` (weight-free: real figures on any machine) and ``exploded`` (images in
+[-1, 1]); reported as means with robust statistics beside them (medians, tails, counts).
 """
 
 from __future__ import annotations
@@ -92,15 +93,31 @@ def distances(image: torch.Tensor, reference: torch.Tensor, lpips: LPIPS) -> dic
     reference = reference.float()
     clamped = (image.clamp(-1, 1) - reference.clamp(-1, 1)).pow(2).mean((1, 2, 3))
     peak = image.abs().flatten(1).amax(1)
-    return {lpips.name: lpips(image, reference),
-            "mse": (image - reference).pow(2).mean((1, 2, 3)),
-            "pixel_l1": (image - reference).abs().mean((1, 2, 3)),
-            "psnr": 10 * torch.log10(4 / clamped.clamp_min(4e-10)),
-            "exploded": (peak > 1.5 * reference.abs().flatten(1).amax(1)).float()}
+    out = {lpips.name: lpips(image, reference),
+           "mse": (image - reference).pow(2).mean((1, 2, 3)),
+           "pixel_l1": (image - reference).abs().mean((1, 2, 3)),
+           "psnr": 10 * torch.log10(4 / clamped.clamp_min(4e-10)),
+           **structural_similarity(image, reference),
+           "exploded": (peak > 1.5 * reference.abs().flatten(1).amax(1)).float()}
+    return out
+
+
+def structural_similarity(image: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5) of the images
+    clamped to [-1, 1] and read as [0, 1], and MS-SSIM (5 scales) where the image is large
+    enough for its four halvings (over 160 px)."""
+    from pytorch_msssim import ms_ssim, ssim
+
+    a, b = ((x.float().clamp(-1, 1) + 1) / 2 for x in (image, reference))
+    out = {"ssim": ssim(a, b, data_range=1.0, size_average=False)}
+    if min(a.shape[-2:]) > 160:
+        out["ms_ssim"] = ms_ssim(a, b, data_range=1.0, size_average=False)
+    return out
 
 
 # Robust per-sample figures beside the means: a 5 % failure shows in a tail, not a mean.
-QUANTILES = {"psnr": {"median": 0.5, "p10": 0.1}, "pixel_l1": {"median": 0.5, "p90": 0.9, "max": 1.0}}
+QUANTILES = {"psnr": {"median": 0.5, "p10": 0.1}, "ssim": {"p10": 0.1},
+             "pixel_l1": {"median": 0.5, "p90": 0.9, "max": 1.0}}
 
 
 class PerSample:

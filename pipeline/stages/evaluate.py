@@ -373,14 +373,16 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     lines += ["## Quality and cost", ""]
     lines += _table(["model", "kind", "output", "params", "GMACs", fid, kid_name, lp, "pixel L1",
-                     "PSNR median / p10 (dB)", "exploded"],
+                     "PSNR median / p10 (dB)", "SSIM", "MS-SSIM", "exploded"],
                     [[m.name, m.kind, f"{m.resolution}px", m.cost["params"], round(m.gmacs, 4),
                       figures[m.name].get(fid), figures[m.name].get(kid_name),
                       figures[m.name].get(lp), figures[m.name]["pixel_l1"],
                       f"{figures[m.name]['psnr_median']:.2f} / {figures[m.name]['psnr_p10']:.2f}",
+                      figures[m.name].get("ssim"), figures[m.name].get("ms_ssim"),
                       figures[m.name]["exploded"]] for m in models])
     lines += ["", "MACs: physical multiply-accumulates of the synthesis network "
-              "(pipeline.cost); LPIPS, pixel L1 and PSNR (images clamped to [-1, 1]) against "
+              "(pipeline.cost); LPIPS, pixel L1, PSNR and (MS-)SSIM (images clamped to [-1, 1]; "
+              "MS-SSIM from 161 px) against "
               "the teacher's image of the same latents at full resolution (lower-resolution "
               "outputs bilinearly up-sampled); exploded: samples whose largest magnitude is "
               "over 1.5x the teacher's on the same latents.", ""]

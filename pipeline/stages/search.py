@@ -122,7 +122,7 @@ class Paths:
 
 def key_of(cfg: Search, lpips: LPIPS) -> str:
     """The fitness: a distance name of Evaluator (``lpips_alex``, ``mse_teacher``, ...)."""
-    metric = lpips.name if cfg.fitness == "lpips" else "mse"
+    metric = {"lpips": lpips.name, "mse": "mse", "ssim": "dssim"}[cfg.fitness]
     return metric if cfg.reference == "student" else f"{metric}_teacher"
 
 
@@ -143,8 +143,9 @@ class Evaluator:
     def __call__(self, c: Candidate) -> dict[str, float]:
         if c not in self.cache:
             sub = subnet(self.student, list(c.widths), c.resolution)
-            self.cache[c] = mean_distances(sub, self.latents, self.lpips,
-                                           {"": self.full, "_teacher": None})
+            d = mean_distances(sub, self.latents, self.lpips, {"": self.full, "_teacher": None})
+            # 1 - SSIM: a distance like the others (the search minimises)
+            self.cache[c] = {**d, "dssim": 1 - d["ssim"], "dssim_teacher": 1 - d["ssim_teacher"]}
         return self.cache[c]
 
 

@@ -424,8 +424,12 @@ def distill(
                              ("pixel_l1_p90", "pixel_l1_p90"), ("pixel_l1_max", "pixel_l1_max"),
                              ("mse", "mse"), ("psnr_to_teacher", "psnr_median"),
                              ("psnr_to_teacher_p10", "psnr_p10"), ("exploded", "exploded"),
+                             ("ssim_to_teacher", "ssim"), ("ssim_to_teacher_p10", "ssim_p10"),
                              (kid_name, kid_name))
            for when, figures in (("start", metrics_start), ("end", end))},
+        **{f"ms_ssim_to_teacher_{when}": figures["ms_ssim"]
+           for when, figures in (("start", metrics_start), ("end", end))
+           if figures and "ms_ssim" in figures},
         "validation_samples": cfg.validation.num_samples,
         **({f"{lp}_to_teacher_smallest_end": end.get(f"{lp}_smallest", math.nan)}
            if elastic is not None else {}),

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from pipeline.metrics.fixed_latents import FixedLatents, PerSample, distances, mean_distances
+from pipeline.metrics.fixed_latents import (
+    FixedLatents,
+    PerSample,
+    distances,
+    mean_distances,
+    structural_similarity,
+)
 from pipeline.metrics.perceptual import LPIPS
 from pipeline.models.sampling import downsample
 
@@ -52,6 +58,21 @@ def test_psnr_and_explosions_per_sample(lpips):
     assert d["exploded"].tolist() == [0, 1, 0, 0]
     assert d["psnr"][2] == pytest.approx(100)  # identical: capped
     assert d["psnr"][1] < d["psnr"][0] < 27
+
+
+def test_ssim_is_one_for_identical_images_and_falls_with_structure_lost(lpips):
+    torch.manual_seed(0)
+    ref = torch.nn.functional.avg_pool2d(torch.rand(3, 3, 64, 64), 5, 1, 2) * 2 - 1  # smooth
+    blurred = torch.nn.functional.avg_pool2d(ref, 9, 1, 4)
+    noisy = ref + 0.5 * torch.randn_like(ref)
+    d = distances(torch.stack([ref[0], blurred[1], noisy[2]]), ref, lpips)
+    assert d["ssim"][0] == pytest.approx(1.0, abs=1e-5)
+    assert 0 < d["ssim"][2] < d["ssim"][1] < 0.99 and "ms_ssim" not in d  # 64 px: too small
+    large = structural_similarity(noisy.repeat(1, 1, 3, 3), ref.repeat(1, 1, 3, 3))  # 192 px
+    assert large["ms_ssim"].shape == (3,) and (large["ms_ssim"] < 1).all()
+    top = ref > ref.quantile(0.8)  # a fifth of the pixels: out of range, the reference saturated
+    same = structural_similarity(torch.where(top, 100.0, ref), torch.where(top, 1.0, ref))["ssim"]
+    assert torch.allclose(same, torch.ones(3), atol=1e-5)  # both clamped to [-1, 1]: as shown
 
 
 def test_a_few_exploding_samples_show_in_the_tails_and_the_count(lpips):

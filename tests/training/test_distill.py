@@ -56,6 +56,8 @@ def test_short_distillation_brings_the_student_closer_to_the_teacher(
     assert m["psnr_to_teacher_end"] > m["psnr_to_teacher_start"] + 2 and m["validation_samples"] == 8
     assert m["psnr_to_teacher_p10_end"] <= m["psnr_to_teacher_end"] and m["exploded_end"] >= 0
     assert m["pixel_l1_end"] < 0.9 * m["pixel_l1_start"], m  # it starts near a black image
+    assert m["ssim_to_teacher_end"] > m["ssim_to_teacher_start"], m  # weight-free, like PSNR
+    assert m["ssim_to_teacher_p10_end"] <= m["ssim_to_teacher_end"] and "ms_ssim_to_teacher_end" not in m
     assert [row["step"] for row in result.history.validation] == [0, 75, 150]
 
 
