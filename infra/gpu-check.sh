@@ -40,8 +40,10 @@ params = deep_merge(yaml.safe_load(Path("params.yaml").read_text()),
 params["distill"].update(
     steps=steps, batch_size=8 if "256" in shape else 4, precision="auto",
     checkpoint_every=steps, log_every=max(1, steps // 20),
+    # a machine check (speed, memory, the loss falling), not a quality gate: a few hundred
+    # steps on a random teacher may leave samples over the exploded line; report, not fail
     validation={**params["distill"]["validation"], "every": steps, "num_samples": 16,
-                "batch_size": 8},
+                "batch_size": 8, "max_exploded": None},
     elastic={**params["distill"]["elastic"], "start_step": steps // 2})
 parse_params(params)  # refuse a bad combination before any work
 dest.write_text(yaml.safe_dump(params, sort_keys=False))
