@@ -49,7 +49,9 @@ browser:
 lint: setup
 	$(VENV)/bin/ruff check pipeline components dags tests
 
+# The printed link opens the training runs with the headline figures as columns.
 mlflow-ui: setup
+	@echo "pipeline runs, headline figures as columns: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db $(VENV)/bin/python -m pipeline.tracking url --ui http://127.0.0.1:5000)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 # The project image (CPU and CUDA variants, infra/Dockerfile) and the team stack (infra/compose.yaml).

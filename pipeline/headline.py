@@ -8,6 +8,7 @@ stand-in networks keep their ``_randinit`` part, as everywhere else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,6 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
             for runtime in RUNTIMES:
                 batch_1 = figures.get("latency", {}).get(runtime, {}).get("batch_1", {})
                 out[f"{name}_ms_{runtime}"] = batch_1.get("median_ms")
-        out["regressed"] = metrics.get("regressed")
     elif stage == "export":
         errors = [_number(f.get(k)) for f in metrics.get("models", {}).values()
                   for k in ("onnx_max_abs_err", "pte_max_abs_err")]
@@ -108,35 +108,74 @@ def _cell(value: float | None) -> str:
 
 @dataclass
 class Comparison:
-    """This run's evaluate figures against the previous pipeline run's."""
+    """This run's headline figures against the previous pipeline run's."""
 
     previous: str | None = None  # that run's name; None: nothing to compare with
     deltas: dict[str, float] = field(default_factory=dict)  # now - before, shared figures
-    regressions: list[str] = field(default_factory=list)  # "full_psnr -0.81 (tolerance 0.5)"
+    judged: list[str] = field(default_factory=list)  # the shared figures a tolerance applies to
+    regressed: dict[str, str] = field(default_factory=dict)  # figure -> "20 -> 19.4 (tolerance 0.5 dB)"
+
+    def summary(self) -> str:
+        return "; ".join(f"{figure} {why}" for figure, why in self.regressed.items())
+
+
+def _tolerance(key: str, old: float, tolerance) -> tuple[float, str] | None:
+    """How much worse ``key`` may get (in its own units, worse = positive) and how the
+    tolerance reads; None for figures that are reported, not judged (latencies in ms...)."""
+    if key.endswith("_psnr"):
+        return tolerance.psnr_db, f"{tolerance.psnr_db} dB"
+    if key.endswith("_exploded"):
+        return tolerance.exploded, f"{tolerance.exploded}"
+    if any(key.endswith(f"_{m}") for m in ("fid", "fid_randinit", "kid", "kid_randinit")):
+        return tolerance.fid_relative * abs(old), f"{tolerance.fid_relative:.0%}"
+    if key.startswith("latency_ratio_1024_"):
+        return tolerance.latency_ratio_relative * abs(old), f"{tolerance.latency_ratio_relative:.0%}"
+    if key == "parity_max_abs_err":
+        return tolerance.parity_abs, f"{tolerance.parity_abs:g}"
+    return None
 
 
 def compare(now: Mapping[str, float], before: Mapping[str, float] | None, previous: str | None,
             tolerance) -> Comparison:
     """Deltas of the figures both runs have, and those that got worse beyond ``tolerance``
-    (params' ``evaluate.regression``): PSNR down, FID/KID or exploded samples up, the
-    1024 latency ratio down. Models only one run has are not compared."""
+    (params' ``evaluate.regression``): PSNR down, FID/KID, exploded samples or the export
+    parity error up, the 1024 latency ratio down. Models only one run has are not compared."""
     if before is None:
         return Comparison()
     deltas = {k: now[k] - before[k] for k in sorted(now) if k in before and k != "regressed"}
-    worse = []
+    judged, worse = [], {}
     for key, delta in deltas.items():
-        old = before[key]
-        if key.endswith("_psnr"):
-            bad, limit = -delta > tolerance.psnr_db, f"{tolerance.psnr_db} dB"
-        elif key.endswith("_exploded"):
-            bad, limit = delta > tolerance.exploded, f"{tolerance.exploded}"
-        elif any(key.endswith(f"_{m}") for m in ("fid", "fid_randinit", "kid", "kid_randinit")):
-            bad, limit = delta > tolerance.fid_relative * abs(old), f"{tolerance.fid_relative:.0%}"
-        elif key.startswith("latency_ratio_1024_"):
-            bad = -delta > tolerance.latency_ratio_relative * abs(old)
-            limit = f"{tolerance.latency_ratio_relative:.0%}"
-        else:
-            continue  # latencies in ms and the rest: reported, not judged
-        if bad:
-            worse.append(f"{key} {old:.4g} -> {now[key]:.4g} (tolerance {limit})")
-    return Comparison(previous, deltas, worse)
+        if (limit := _tolerance(key, before[key], tolerance)) is None:
+            continue
+        judged.append(key)
+        higher_is_better = key.endswith("_psnr") or key.startswith("latency_ratio_1024_")
+        if (-delta if higher_is_better else delta) > limit[0]:
+            worse[key] = f"{before[key]:.4g} -> {now[key]:.4g} (tolerance {limit[1]})"
+    return Comparison(previous, deltas, judged, worse)
+
+
+# The runs table's default view: MLflow's UI loads a view state shared under an experiment
+# tag when its URL names the key (viewStateShareKey); the README's link opens it.
+VIEW_KEY = "headline"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+_VIEW_FIRST = ("distill_psnr_end", "distill_exploded_end", "full_psnr", "full_ssim", "full_exploded",
+               "full_fid", "full_fid_randinit", "full_kid", "full_kid_randinit",
+               *(f"latency_ratio_1024_{r}" for r in RUNTIMES), "parity_max_abs_err", "regressed")
+
+
+def view_figures(metrics: Mapping[str, float]) -> list[str]:
+    """The headline figures shown as the runs table's columns: the full student's and the
+    run's verdict first, then each budget's MACs, PSNR and ExecuTorch latency."""
+    budgets = sorted(k.removesuffix("_macs") for k in metrics if k.endswith("_macs"))
+    per_budget = [f"{b}_{f}" for b in budgets for f in ("macs", "psnr", "ms_executorch")]
+    return [k for k in (*_VIEW_FIRST, *per_budget) if k in metrics]
+
+
+def view_state(figures: list[str]) -> str:
+    """The shared view (JSON, MLflow's runs-page state): pipeline runs only, newest first,
+    the profile and ``figures`` as columns."""
+    columns = ["params.`profile`", *(f"metrics.`{f}`" for f in figures)]
+    return json.dumps({"searchFilter": "tags.role = 'pipeline'", "orderByKey": "attributes.start_time",
+                       "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+                       "datasetsFilter": [], "modelVersionFilter": "All Runs",
+                       "selectedColumns": columns})

@@ -404,6 +404,9 @@ class Regression(Section):
         0.1, description="a teacher/student latency ratio at 1024 falls by more than this fraction")
     exploded: Annotated[int, Field(ge=0)] = Field(
         0, description="a model has more than this many more exploded samples")
+    parity_abs: Annotated[float, Field(ge=0)] = Field(
+        2e-4, description="the export stage's worst parity error (max abs, fp32) rises by more "
+                          "than this")
 
 
 class Evaluate(Section):

@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .errors import PipelineError, os_reason
+from .headline import VIEW_KEY, VIEW_TAG, Comparison, describe, view_figures, view_state
 from .params import flatten
 from .redaction import redact_uri, scrub_secrets
 from .scratch import alive, owner
@@ -48,6 +49,7 @@ from .scratch import alive, owner
 EXPERIMENT = "stylegan-mobile"
 RUN_GROUP_ENV = "STYLEGAN_MOBILE_RUN_GROUP"
 EXPERIMENT_KIND = "mlflow.experimentKind"
+REGRESSED_TAG = "regressed"  # the pipeline run's verdict on the previous run (and regressed.<figure>)
 TRACKING_ENV = "STYLEGAN_MOBILE_TRACKING"  # "off": run untracked, spool for a later replay
 SPOOL_ENV = "STYLEGAN_MOBILE_TRACKING_SPOOL"
 _MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
@@ -210,18 +212,23 @@ class StageRun:
                          "folder": artifact_path})
 
     def update_pipeline_run(self, metrics: Mapping[str, float], params: BaseModel,
-                            tags: Mapping[str, str], files: list[Path]) -> None:
-        """Put headline figures, the effective params, tags and summary files (under
-        ``summary/``) on the pipeline's parent run, then rewrite its description (MLflow's
-        note) from everything it holds; nothing when the stage is not grouped."""
+                            tags: Mapping[str, str], files: list[Path],
+                            verdict: Comparison | None = None) -> None:
+        """Put headline figures, the effective params, tags, summary files (under
+        ``summary/``) and the stage's verdict on the previous run on the pipeline's parent
+        run, then rewrite its description (MLflow's note) from everything it holds and the
+        experiment's headline view; nothing when the stage is not grouped."""
         if self.parent_id is None and not self._header.get("group"):
             return
+        judged = verdict is not None and verdict.previous is not None
         records = [{"kind": "metrics", "values": dict(metrics), "step": 0,
                     "time_ms": int(time.time() * 1000)},
                    {"kind": "params", "values": _flat_params(params)},
                    {"kind": "tags", "values": dict(tags)},
                    *({"kind": "artifact", "path": str(Path(f).resolve()), "folder": "summary"}
                      for f in files),
+                   *([{"kind": "verdict", "compared_with": verdict.previous,
+                       "judged": verdict.judged, "regressed": verdict.regressed}] if judged else []),
                    {"kind": "note"}]
         for record in records:
             self._queue.put({**record, "parent_run": self.parent_id})
@@ -299,8 +306,6 @@ def send(client, run_id: str, record: dict[str, Any]) -> None:
     run, for the records that name it)."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from .headline import describe
-
     if "parent_run" in record:
         if (run_id := record["parent_run"]) is None:
             return  # untracked and ungrouped: nothing to update
@@ -327,15 +332,53 @@ def send(client, run_id: str, record: dict[str, Any]) -> None:
             client.log_artifact(run_id, str(path), record["folder"])
         else:
             log.warning("tracking: %s is gone; not logged", path)
+    elif kind == "verdict":
+        record_verdict(client, run_id, record)
     elif kind == "note":
         run = client.get_run(run_id)
         client.set_tag(run_id, "mlflow.note.content", describe(run.data.metrics, run.data.tags))
+        update_headline_view(client, run.info.experiment_id, run.data.metrics)
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
         if parent := record.get("parent"):
             for key, value in parent.get("tags", {}).items():
                 client.set_tag(parent["run_id"], key, value)
             client.set_terminated(parent["run_id"], parent["status"])
+
+
+def record_verdict(client, run_id: str, verdict: Mapping[str, Any]) -> None:
+    """A stage's verdict on the previous run, put on the pipeline run: one tag
+    ``regressed.<figure>`` per figure worse beyond its tolerance (removed again when the
+    stage, re-run, finds it fine), then the run's verdict over every stage's figures:
+    ``regressed`` (tag true/false and metric 1/0), ``regressed_figures``, ``compared_with``."""
+    from mlflow.entities import Metric, RunTag
+
+    tags = client.get_run(run_id).data.tags
+    for figure in verdict["judged"]:
+        key = f"{REGRESSED_TAG}.{figure}"
+        if figure in verdict["regressed"]:
+            client.set_tag(run_id, key, verdict["regressed"][figure])
+        elif key in tags:
+            client.delete_tag(run_id, key)
+    tags = client.get_run(run_id).data.tags
+    worse = {k.removeprefix(f"{REGRESSED_TAG}."): v for k, v in sorted(tags.items())
+             if k.startswith(f"{REGRESSED_TAG}.")}
+    client.log_batch(run_id, metrics=[Metric(REGRESSED_TAG, float(bool(worse)), int(time.time() * 1000), 0)],
+                     tags=[RunTag(REGRESSED_TAG, str(bool(worse)).lower()),
+                           RunTag("regressed_figures", "; ".join(f"{k} {v}" for k, v in worse.items())[:4000]),
+                           RunTag("compared_with", verdict["compared_with"])])
+
+
+def update_headline_view(client, experiment_id: str, metrics: Mapping[str, float]) -> None:
+    """The experiment's shared runs view (columns: the profile and the headline figures of
+    the latest pipeline run to report), opened by :func:`headline_view_url`."""
+    client.set_experiment_tag(experiment_id, VIEW_TAG, view_state(view_figures(metrics)))
+
+
+def headline_view_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI's address of the experiment's training runs in the headline view."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def _with_context(tags: dict[str, str]) -> dict[str, str]:
@@ -466,14 +509,24 @@ def _store(root: str | Path) -> tuple[Any, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.tracking replay``: log the runs spooled while the tracking server
-    was unreachable or tracking was off."""
+    was unreachable or tracking was off; ``url``: where the MLflow UI shows the pipeline runs
+    with their headline figures as columns."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     replay_cmd = sub.add_parser("replay", help="log spooled runs")
     replay_cmd.add_argument("--spool", type=Path, default=None,
                             help=f"spool folder (default: ${SPOOL_ENV} or .tracking-spool)")
+    url_cmd = sub.add_parser("url", help="print the MLflow UI's address of the headline view")
+    url_cmd.add_argument("--ui", default="http://127.0.0.1:5000", help="the UI's base address")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "url":
+        try:
+            print(headline_view_url(args.ui, setup()))
+        except PipelineError as e:
+            print(scrub_secrets(f"url: error: {e}"), file=sys.stderr)
+            return 2
+        return 0
     folder = args.spool or spool_dir()
     try:
         runs = replay(folder)

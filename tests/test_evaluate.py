@@ -175,12 +175,17 @@ def test_each_run_is_compared_with_the_last_finished_one_and_a_regression_is_tag
     assert run.data.tags["regressed"] == "true" and run.data.metrics["regressed"] == 1
     assert run.data.tags["regressed_figures"].startswith("full_kid_randinit ")
     assert "**Regressed**: full_kid_randinit" in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["regressed.full_psnr"].endswith("(tolerance 0.5 dB)")
+    assert "full_ms_onnxruntime" not in run.data.tags["regressed_figures"]  # reported, not judged
 
     # within the tolerances (the same student again): compared, not regressed
     monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-3")
     assert main(args) == 0
     third = json.loads((inputs / "evaluate.json").read_text())
     assert third["regressed"] == 0 and third["since_last"]["full_psnr"] == pytest.approx(0, abs=1e-4)
+    run = client.get_run(tracking.find_pipeline_run(client, experiment, "night-3"))
+    assert run.data.tags["regressed"] == "false" and run.data.tags["compared_with"] == "pipeline night-2"
+    assert not [t for t in run.data.tags if t.startswith("regressed.")]
 
 
 def test_with_latency_off_every_output_dvc_yaml_declares_is_written(inputs):

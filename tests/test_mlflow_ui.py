@@ -171,7 +171,22 @@ def test_a_reviewer_compares_two_nightly_runs_and_sees_which_model_is_champion(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from pipeline import tracking
+
     wait = WebDriverWait(browser, WAIT_S)
+    # The link `make mlflow-ui` prints: pipeline runs only, headline figures as columns.
+    browser.get(tracking.headline_view_url(mlflow_server, pipeline_runs["experiment"]))
+
+    def header_cells(d):
+        return {c.text.strip() for c in d.find_elements(By.CSS_SELECTOR, "[role=columnheader]")}
+
+    wait.until(lambda d: {"distill_psnr_end", "profile"} <= header_cells(d))
+    rows = {r.get_attribute("row-id") for r in browser.find_elements(By.CSS_SELECTOR, "div[role=row][row-id]")}
+    assert rows == {pipeline_runs["parent"], pipeline_runs["next"]}, rows  # no stage runs
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "19.25" in body and "20.75" in body and "test-tiny" in body
+    screenshot(browser, tmp_path, "headline_view.png")
+
     ids = f'["{pipeline_runs["parent"]}","{pipeline_runs["next"]}"]'
     browser.get(f"{mlflow_server}/#/compare-runs?runs={ids}"
                 f'&experiments=["{pipeline_runs["experiment"]}"]')

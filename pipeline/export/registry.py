@@ -25,6 +25,8 @@ from .formats import run_onnx
 
 log = logging.getLogger(__name__)
 MAX_DESCRIPTION = 60000  # stay well inside what registry backends store
+# a version's figures (its tags); the champion's are read back to judge a new version
+FIGURES = ("resolution", "params", "macs", "psnr", "exploded", "ms_onnxruntime", "onnx_max_abs_err")
 
 
 def model_name(cfg: Export, model: str) -> str:
@@ -127,9 +129,9 @@ def _champion_figures(client, name: str) -> dict[str, float] | None:
     except MlflowException:  # no such alias yet
         return None
     out = {}
-    for key, value in tags.items():
+    for key in FIGURES:
         try:
-            out[key] = float(value)
-        except ValueError:
+            out[key] = float(tags[key])
+        except (KeyError, ValueError):  # not measured for that version, or edited by hand
             continue
     return out

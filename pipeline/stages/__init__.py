@@ -5,7 +5,8 @@
 Every stage module has the same shape:
 
     NAME                the DVC stage name, also its section of params.yaml
-    SHARED              the other params sections it reads (``metric_networks``)
+    SHARED              the other params sections it reads (``metric_networks``,
+                        ``evaluate.regression``)
     Paths               a dataclass of its input and output paths, with the defaults
                         ``dvc.yaml`` uses (the CLI's ``--<field>`` options)
     run(params, paths, ctx) -> StageResult
@@ -15,14 +16,17 @@ folder (pipeline/scratch.py), and does what every stage does after its work: add
 cost (``seconds``, ``peak_rss_gb``, ``peak_gpu_gb`` on a GPU: pipeline/usage.py), write
 ``metrics/<stage>.json``, log the metrics, tags and artifacts, and set the one
 ``stand_in_weights`` tag; the pipeline's parent run gets the stage's headline figures
-(pipeline/headline.py), the effective params and its summary files.
+(pipeline/headline.py), the effective params, its summary files and, from the stages
+that judge the run (evaluate, export), the verdict on the previous run.
 ``components/<stage>.py`` is just its CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,11 +36,12 @@ from typing import Any
 
 from .. import scratch, tracking, usage
 from ..errors import PipelineError
-from ..headline import headline
+from ..headline import Comparison, compare, headline
 from ..io import write_json
 from ..params import Params
 
 STAGES = ("fetch_teacher", "distill", "search", "evaluate", "export")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +64,7 @@ class StageResult:
     tags: dict[str, str] = field(default_factory=dict)
     stand_ins: list[str] = field(default_factory=list)
     summary: list[Path] = field(default_factory=list)  # also shown on the pipeline run (report, grids)
-    pipeline_tags: dict[str, str] = field(default_factory=dict)  # for the pipeline run too
+    comparison: Comparison | None = None  # its verdict on the previous run, for the pipeline run
 
 
 def load(name: str) -> ModuleType:
@@ -83,8 +88,9 @@ def _execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | 
         return stage.run(params, paths, Context(Path(cache_dir), progress))
     with tracking.stage_run(stage.NAME, getattr(params, stage.NAME),
                             tags={"profile": params.profile}) as tracker:
-        for section in stage.SHARED:
-            tracker.log_params(getattr(params, section), prefix=f"{section}.")
+        for section in stage.SHARED:  # "metric_networks", "evaluate.regression"
+            tracker.log_params(functools.reduce(getattr, section.split("."), params),
+                               prefix=f"{section}.")
         cost: dict[str, float] = {}
         try:
             with usage.measured() as cost:
@@ -98,11 +104,27 @@ def _execute(stage: ModuleType, params: Params, paths: Any, metrics_path: str | 
         tracker.set_tags({**result.tags, "stand_in_weights": str(bool(result.stand_ins)).lower()})
         for path, folder in {**result.artifacts, metrics_path: stage.NAME}.items():
             tracker.log_artifact(path, folder)
-        pipeline_tags = {"profile": params.profile, **result.pipeline_tags,
+        pipeline_tags = {"profile": params.profile,
                          **({"stand_in_weights": "true"} if result.stand_ins else {})}
         tracker.update_pipeline_run(headline(stage.NAME, result.metrics), params, pipeline_tags,
-                                    [f for f in result.summary if Path(f).is_file()])
+                                    [f for f in result.summary if Path(f).is_file()],
+                                    result.comparison)
     return result
+
+
+def compare_with_last_run(stage: str, metrics: dict[str, Any], params: Params,
+                          ctx: Context) -> Comparison:
+    """``stage``'s headline figures against the previous finished pipeline run of the same
+    profile (tolerances: ``evaluate.regression``); adds ``since_last`` (deltas) and
+    ``regressed`` (1/0) to ``metrics``."""
+    previous = ctx.tracker.previous_pipeline_run(params.profile) if ctx.tracker else None
+    name, figures = previous or (None, None)
+    comparison = compare(headline(stage, metrics), figures, name, params.evaluate.regression)
+    metrics["since_last"] = comparison.deltas
+    metrics["regressed"] = int(bool(comparison.regressed))
+    if comparison.regressed:
+        log.warning("%s: regressed since %s: %s", stage, name, comparison.summary())
+    return comparison
 
 
 def stand_ins(*networks: Any) -> list[str]:

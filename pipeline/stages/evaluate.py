@@ -36,7 +36,7 @@ from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..data import RealImages
 from ..errors import PipelineError
-from ..headline import Comparison, compare, headline
+from ..headline import Comparison, headline
 from ..images import save_grid
 from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
@@ -51,7 +51,7 @@ from ..models.mobile import MobileSynthesis, fold_demodulation
 from ..models.sampling import teacher_targets
 from ..models.stylegan2 import Generator
 from ..params import Evaluate, Params
-from . import Context, StageResult, option, stand_ins
+from . import Context, StageResult, compare_with_last_run, option, stand_ins
 
 log = logging.getLogger(__name__)
 NAME = "evaluate"
@@ -337,7 +337,7 @@ def since_last_run(comparison: Comparison, now: dict[str, float]) -> list[str]:
     """The report's "Since last run" section: every shared headline figure with its change."""
     if comparison.previous is None:
         return ["## Since last run", "", "No previous finished run of this profile in MLflow.", ""]
-    worse = {r.split()[0] for r in comparison.regressions}
+    worse = comparison.regressed
     lines = ["## Since last run", "", f"Compared with `{comparison.previous}`: " + (
         f"**regressed** ({len(worse)} figure(s) beyond the tolerances in "
         "`evaluate.regression`)." if worse else "no figure regressed beyond `evaluate.regression`."),
@@ -433,15 +433,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
 
         latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench")
     metrics = metrics_json(models, figures, latency, ratio)
-    now = headline(NAME, metrics)
-    previous = ctx.tracker.previous_pipeline_run(params.profile) if ctx.tracker else None
-    last_name, last_figures = previous or (None, None)
-    comparison = compare(now, last_figures, last_name, cfg.regression)
-    metrics["since_last"] = comparison.deltas
-    metrics["regressed"] = int(bool(comparison.regressions))
-    if comparison.regressions:
-        log.warning("evaluate: regressed since %s: %s", comparison.previous,
-                    "; ".join(comparison.regressions))
+    comparison = compare_with_last_run(NAME, metrics, params, ctx)
     meta_path = Path(paths.teacher).parent / "metadata.json"  # written by fetch_teacher
     stand_in_teacher = bool(meta_path.is_file()
                             and json.loads(meta_path.read_text()).get("random_weights"))
@@ -453,7 +445,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                   nrow=sum(m.kind != "uniform" for m in models))
         plot_pareto(models, figures, tmp / "pareto.png")
         (tmp / "report.md").write_text(report(models, figures, latency, ratio, context,
-                                              since_last_run(comparison, now)))
+                                              since_last_run(comparison, headline(NAME, metrics))))
         write_json(tmp / "evaluate.json", metrics)
     write_quality_csv(models, figures, plots_dir / "quality.csv")
     # dvc.yaml declares latency.csv whatever the params: with latency off, the header alone
@@ -466,13 +458,4 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     return StageResult(metrics, {out_dir: NAME, plots_dir: NAME}, tags,
                        ["teacher"] * stand_in_teacher + stand_ins(lpips, features),
                        summary=[out_dir / "report.md", out_dir / "grid.png", out_dir / "pareto.png"],
-                       pipeline_tags=regression_tags(comparison))
-
-
-def regression_tags(comparison: Comparison) -> dict[str, str]:
-    """The pipeline run's verdict (its description says it too)."""
-    if comparison.previous is None:
-        return {}
-    return {"compared_with": comparison.previous,
-            "regressed": str(bool(comparison.regressions)).lower(),
-            "regressed_figures": "; ".join(comparison.regressions)[:4000]}
+                       comparison=comparison)

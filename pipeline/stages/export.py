@@ -38,11 +38,11 @@ from ..models.elastic import subnet
 from ..models.mobile import MobileSynthesis
 from ..models.stylegan2 import Generator
 from ..params import Export, Params
-from . import Context, StageResult, option, stand_ins
+from . import Context, StageResult, compare_with_last_run, option, stand_ins
 
 log = logging.getLogger(__name__)
 NAME = "export"
-SHARED = ("metric_networks",)
+SHARED = ("metric_networks", "evaluate.regression")  # tolerances of the parity verdict
 FULL = "full"
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -345,10 +345,11 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                                  "params": card["cost"]["params"], "macs": card["cost"]["macs"],
                                  "resolution": card["resolution"]}
     metrics = {"models": models, "formats_skipped": len(skipped), "stand_in_lpips": int(lpips.stand_in)}
+    comparison = compare_with_last_run(NAME, metrics, params, ctx)  # the parity error
     tags = {"lpips_network": lpips.name}
     run_id = ctx.tracker.run_id if ctx.tracker else None
     if cfg.registry.enabled:
         for spec in specs:
             if (version := register_onnx(out_dir / spec.name, cfg, run_id, spec.name)) is not None:
                 tags[f"registered_model.{spec.name}"] = f"{model_name(cfg, spec.name)}/{version}"
-    return StageResult(metrics, {out_dir: NAME}, tags, stand_ins(lpips))
+    return StageResult(metrics, {out_dir: NAME}, tags, stand_ins(lpips), comparison=comparison)
