@@ -117,6 +117,33 @@ def test_without_search_configs_only_the_full_student_is_exported(workdir, expor
         json.loads((workdir / "metrics.json").read_text())["models"]["full"])
 
 
+def test_a_parity_error_that_grows_beyond_its_tolerance_regresses_the_run(workdir, export_files,
+                                                                          monkeypatch):
+    import mlflow
+
+    from pipeline import tracking
+
+    params = export_params(formats=["onnx"], inputs=["w"], fp16=False, registry={"enabled": False})
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-1")
+    assert run(workdir, export_files, params) == 0
+    first = json.loads((workdir / "metrics.json").read_text())
+    assert first["since_last"] == {} and first["regressed"] == 0
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    night_1 = tracking.find_pipeline_run(client, experiment, "night-1")
+    error = client.get_run(night_1).data.metrics["parity_max_abs_err"]
+    assert error == first["models"]["full"]["onnx_max_abs_err"]
+    client.log_metric(night_1, "parity_max_abs_err", error - 1e-3)  # last night's was far smaller
+    monkeypatch.setenv(tracking.RUN_GROUP_ENV, "night-2")
+    assert run(workdir, export_files, params) == 0
+    second = json.loads((workdir / "metrics.json").read_text())
+    assert second["regressed"] == 1 and second["since_last"]["parity_max_abs_err"] == pytest.approx(1e-3)
+    tags = client.get_run(tracking.find_pipeline_run(client, experiment, "night-2")).data.tags
+    assert tags["regressed"] == "true" and tags["compared_with"] == "pipeline night-1"
+    assert tags["regressed.parity_max_abs_err"].endswith("(tolerance 0.0002)")
+    assert "**Regressed**: parity_max_abs_err" in tags["mlflow.note.content"]
+
+
 def test_a_format_that_is_not_installed_is_skipped_and_the_others_are_produced(
         workdir, export_files, monkeypatch, caplog):
     from pipeline.stages import export as stage
