@@ -226,3 +226,10 @@ def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
     rows = (inputs / "plots" / "latency.csv").read_text().splitlines()
     assert rows[0].startswith("model,runtime,batch,median_ms") and len(rows) == 1 + 4 * 2
     assert "## Latency" in (inputs / "out" / "report.md").read_text()
+    # where the time goes: the teacher and the full student, in each runtime's profiler
+    ops = json.loads((inputs / "out" / "ops.json").read_text())
+    assert {m: set(per_rt) for m, per_rt in ops["profiles"].items()} == {
+        "teacher": {"pytorch", "onnxruntime"}, "full": {"pytorch", "onnxruntime"}}
+    assert "## Where the time goes" in (inputs / "out" / "report.md").read_text()
+    table = (inputs / "out" / "ops.csv").read_text().splitlines()
+    assert table[0] == "model,runtime,op,ms,share,calls" and any(",onnxruntime,Conv" in r for r in table)

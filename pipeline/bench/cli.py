@@ -1,5 +1,6 @@
 """``python -m pipeline.bench``: the benchmark table (and JSON) for checkpoints or config-f
-pairs. Bad arguments exit 2 with one line."""
+pairs, or with ``--profile`` their time per operator type. Bad arguments exit 2 with one
+line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from ..errors import PipelineError
 from ..models.stylegan2 import Generator
+from .profile import op_table, profile, write_csv
 from .runtimes import RUNTIMES, check_runtimes
 from .suite import bench, ratios, table
 from .targets import RANDOM_WEIGHTS, config_f_pair
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep exported files here (default: a temporary folder)")
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     parser.add_argument("--seed", type=int, default=0, help="random weights and inputs")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the latency table: the time per operator type of each "
+                             "model in each runtime, from the runtime's own profiler (batch 1, "
+                             "--repeats runs after --warmup 1)")
+    parser.add_argument("--csv", metavar="OUT", help="with --profile: write its table as CSV")
     args = parser.parse_args(argv)
     try:
         runtimes = check_runtimes(args.runtimes)
@@ -122,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
         if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
             raise BenchError(f"--device {args.device!r}: use cpu, or cuda on a machine with CUDA")
+        if args.csv and not args.profile:
+            raise BenchError("--csv writes the --profile table: add --profile")
         models, teacher = _load_models(args)
+        if args.profile:
+            result = profile(models, runtimes, args.repeats, args.threads, args.workdir,
+                             device=args.device, teacher=teacher, seed=args.seed)
+            print(op_table(result))
+            _write(args.json, result)
+            if args.csv:
+                Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+                write_csv(result, args.csv)
+            return 0
         result = bench(models, runtimes, args.batch, args.warmup, args.repeats, args.threads,
                        args.workdir, device=args.device, teacher=teacher, seed=args.seed)
     except PipelineError as e:
@@ -135,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             ratio["weights"] = RANDOM_WEIGHTS
         result["ratio"] = ratio
     print(table(result, ratio))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    _write(args.json, result)
     return 0
+
+
+def _write(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(_jsonable(result), indent=2) + "\n")

@@ -2,13 +2,17 @@
 ``pytorch`` (eager), ``onnxruntime`` (the ``export_onnx`` file in one session) and
 ``executorch`` (the ``export_pte`` XNNPACK program, batch 1). :func:`open_runtime` builds
 one (exporting the network where the runtime needs a file); it raises when the runtime is
-not installed or the network does not export to it."""
+not installed or the network does not export to it. Each adapter times calls
+(``runner``) and profiles them with the runtime's own profiler (``profile``)."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,16 @@ from .timing import BenchError
 
 RUNTIMES: tuple[str, ...] = ("pytorch", "onnxruntime", "executorch")
 OPSET = 18
+
+
+@dataclass
+class OpTimes:
+    """A runtime's own profile of ``runs`` calls: operator type -> [ms, calls] over all of
+    them, and the calls' total ms (operators plus what no operator accounts for)."""
+
+    ops: dict[str, list[float]]
+    total_ms: float
+    runs: int
 
 
 class _PyTorch:
@@ -37,6 +51,28 @@ class _PyTorch:
                 return self.net(x)
 
         return run
+
+    def profile(self, x: torch.Tensor, runs: int) -> OpTimes:
+        """``torch.profiler``: each aten operator's self time (its children excluded, so
+        nothing is counted twice); the total is the wall time of the profiled calls."""
+        from torch.profiler import ProfilerActivity, profile
+
+        run = self.runner(x)
+        run()  # warm-up, not profiled
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.on != "cpu" else [])
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            for _ in range(runs):
+                run()
+            if self.on != "cpu":
+                torch.cuda.synchronize()
+            total = (time.perf_counter() - start) * 1e3
+        ops: dict[str, list[float]] = {}
+        for event in prof.key_averages():
+            self_us = event.self_device_time_total if self.on != "cpu" else event.self_cpu_time_total
+            if self_us > 0:
+                ops[event.key] = [self_us / 1e3, event.count]
+        return OpTimes(ops, total, runs)
 
     def close(self) -> None:
         self.net.cpu()
@@ -72,6 +108,32 @@ class _OnnxRuntime:
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: torch.from_numpy(np.asarray(session.run(None, feed)[0]))
 
+    def profile(self, x: torch.Tensor, runs: int) -> OpTimes:
+        """ONNX Runtime's session profiling (a second session on the same file, same
+        options): each node's kernel time by operator type of the optimised graph (fused
+        ``FusedConv``, layout ``ReorderInput``...); the total is the runs' ``model_run``."""
+        import onnxruntime as ort
+
+        self.options.enable_profiling = True
+        self.options.profile_file_prefix = str(self.path.with_suffix(""))
+        try:
+            session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+        finally:
+            self.options.enable_profiling = False
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        for _ in range(runs + 1):  # the first run warms up and is left out
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+        after = model_runs[0]["ts"] + model_runs[0]["dur"]
+        ops: dict[str, list[float]] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after:
+                entry = ops.setdefault(e["args"]["op_name"], [0.0, 0])
+                entry[0] += e["dur"] / 1e3
+                entry[1] += 1
+        return OpTimes(ops, sum(e["dur"] for e in model_runs[1:]) / 1e3, runs)
+
     def close(self) -> None:
         self.session = None
 
@@ -89,7 +151,7 @@ class _ExecuTorch:
             raise BenchError(why)
         from executorch.runtime import Runtime
 
-        path = workdir / f"{target.arch}.pte"
+        path = self.path = workdir / f"{target.arch}.pte"
         facts = export_pte(target.net, path, False)
         self.outside = facts.get("ops_outside_delegate", [])
         self.on = "cpu"
@@ -106,8 +168,38 @@ class _ExecuTorch:
         x = x.contiguous()
         return lambda: self.method.execute([x])[0]
 
+    def profile(self, x: torch.Tensor, runs: int) -> OpTimes:
+        """ExecuTorch's ETDump read by the devtools Inspector: XNNPACK's per-operator
+        events (``Convolution (NHWC, F32) IGEMM``...) and operators outside the delegate;
+        the total is ``Method::execute``."""
+        from executorch.devtools import Inspector
+        from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+        self.runner(x)  # refuses batch > 1, as for timing
+        module = _load_for_executorch(str(self.path), enable_etdump=True)
+        for _ in range(runs + 1):  # the first run warms up and is left out
+            module.run_method("forward", [x.contiguous()])
+        dump = self.path.with_suffix(".etdump")
+        module.write_etdump_result_to_file(str(dump))
+        ops: dict[str, list[float]] = {}
+        total = 0.0
+        for block in Inspector(etdump_path=str(dump)).event_blocks:
+            for event in block.events:
+                times = event.perf_data.raw[1:] if event.perf_data else []
+                if event.name == "Method::execute":
+                    total += sum(times)
+                elif times and event.name not in _ET_ENVELOPES:
+                    entry = ops.setdefault(re.sub(r" #\d+$", "", event.name), [0.0, 0])
+                    entry[0] += sum(times)
+                    entry[1] += len(times)
+        return OpTimes(ops, total, runs)
+
     def close(self) -> None:
         self.method = None
+
+
+# ETDump events that enclose others (the delegate's operators, the whole method)
+_ET_ENVELOPES = ("DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method")
 
 
 _RUNTIME_CLASSES = {"pytorch": _PyTorch, "onnxruntime": _OnnxRuntime, "executorch": _ExecuTorch}

@@ -347,9 +347,24 @@ def since_last_run(comparison: Comparison, now: dict[str, float]) -> list[str]:
                            for k, d in comparison.deltas.items()]) + [""]
 
 
+def where_the_time_goes(ops: dict[str, Any], n: int = 3) -> list[str]:
+    """The report's profile section: each model's slowest operator types per runtime."""
+    from ..bench.profile import top
+
+    lines = ["## Where the time goes", "", f"Batch 1, {ops['threads']} threads, each runtime's "
+             "own profiler; the whole table (every operator type) is `ops.csv` / `ops.json`.", ""]
+    rows = [[model, rt, prof["total_ms"], *(f"{o['op']} {100 * o['share']:.0f}%" for o in top(prof, n))]
+            for model, per_rt in ops["profiles"].items() for rt, prof in per_rt.items()]
+    lines += _table(["model", "runtime", "ms per run", *(f"#{i + 1}" for i in range(n))],
+                    [row + [""] * (3 + n - len(row)) for row in rows])
+    if ops["skipped"]:
+        lines += ["", "Not profiled: " + "; ".join(f"{k}: {v}" for k, v in ops["skipped"].items())]
+    return lines + [""]
+
+
 def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any] | None,
            ratio: dict[str, Any] | None, context: dict[str, Any],
-           since_last: list[str] | None = None) -> str:
+           since_last: list[str] | None = None, ops: dict[str, Any] | None = None) -> str:
     """The human-readable report (Markdown): tables, the grid and the Pareto plot."""
     meta = figures["_meta"]
     fid, lp = meta["fid_name"], meta["lpips_name"]
@@ -402,6 +417,7 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
                          for rt, r in ratio["runtimes"].items() if rt in ratio["latency_ratio"]])
         lines += ["", f"MAC ratio (pipeline.cost, physical): {ratio['mac_ratio']:.2f}x; "
                   f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x.", ""]
+    lines += where_the_time_goes(ops) if ops else []
     lines += since_last or []
     names = [m.name for m in models if m.kind != "uniform"]
     lines += ["## Samples", "", f"Columns: {' | '.join(names)} (same latents and noise; "
@@ -432,6 +448,13 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
         from ..bench import evaluate_latency
 
         latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench")
+    ops = None
+    if cfg.latency.enabled and cfg.latency.profile:
+        from ..bench.profile import profile
+
+        ops = profile({m.name: m.module for m in models if m.kind in ("teacher", "student")},
+                      cfg.latency.runtimes, cfg.latency.profile_runs, cfg.latency.threads,
+                      ctx.cache_dir / "profile", teacher=teacher)
     metrics = metrics_json(models, figures, latency, ratio)
     comparison = compare_with_last_run(NAME, metrics, params, ctx)
     meta_path = Path(paths.teacher).parent / "metadata.json"  # written by fetch_teacher
@@ -445,7 +468,13 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                   nrow=sum(m.kind != "uniform" for m in models))
         plot_pareto(models, figures, tmp / "pareto.png")
         (tmp / "report.md").write_text(report(models, figures, latency, ratio, context,
-                                              since_last_run(comparison, headline(NAME, metrics))))
+                                              since_last_run(comparison, headline(NAME, metrics)),
+                                              ops))
+        if ops is not None:
+            from ..bench.profile import write_csv
+
+            write_csv(ops, tmp / "ops.csv")
+            write_json(tmp / "ops.json", ops)
         write_json(tmp / "evaluate.json", metrics)
     write_quality_csv(models, figures, plots_dir / "quality.csv")
     # dvc.yaml declares latency.csv whatever the params: with latency off, the header alone
