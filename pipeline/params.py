@@ -390,6 +390,9 @@ class Latency(Section):
         True, description="also time config-f teacher vs student at 1024x1024 (random "
         "weights: speed only) -> latency_ratio_1024")
     ratio_repeats: Annotated[int, Field(ge=1)] = 3
+    ratio_threads: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="more thread counts to measure the 1024 ratio with, besides `threads` "
+        "-> latency_ratio_1024_threads")
     profile: bool = Field(
         True, description="also profile the teacher and the full student per operator type "
         "in each runtime (its own profiler) -> ops.csv, ops.json and the report")

@@ -169,6 +169,8 @@ def test_the_cli_prints_the_table_and_the_ratio(tiny_teacher, tmp_path, capsys):
     (["--config-f", "32", "--runtimes", "pytorch,tensorrt"], "unknown runtime 'tensorrt'"),
     (["--config-f", "33"], "power of two"),
     (["--config-f", "32", "--batch", "x"], "--batch"),
+    (["--config-f", "32", "--threads", "1,x"], "--threads"),
+    (["--config-f", "32", "--threads", "1,2", "--profile"], "--profile takes one --threads count"),
     ([], "nothing to benchmark"),
 ])
 def test_the_cli_exits_2_with_one_line_on_bad_input(argv, message, capsys):
@@ -205,3 +207,34 @@ def test_the_evaluate_stage_entry_point_uses_its_models_costs(tiny_teacher, tmp_
     assert latency["model_info"]["half"]["macs"] == 100 and latency["model_info"]["half"]["resolution"] == 16
     assert latency["parity"]["half"]["onnxruntime"] < 1e-4
     assert tiny_teacher.conv1.conv.weight.device.type == "cpu"  # the caller's modules untouched
+
+
+def test_the_cli_measures_each_thread_count_in_one_run(tmp_path, capsys):
+    code = bench.main(["--config-f", "16", "--channel-max", "8", "--threads", "1,2", "--runtimes",
+                       "pytorch,onnxruntime", "--repeats", "2", "--json", str(tmp_path / "out.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "same run, 1 threads" in out and "same run, 2 threads" in out
+    assert "student at" in out and "% of peak" in out
+    saved = json.loads((tmp_path / "out.json").read_text())["by_threads"]
+    assert set(saved) == {"1", "2"} and saved["2"]["threads"] == 2
+    assert set(saved["1"]["ratio"]["latency_ratio"]) == {"pytorch", "onnxruntime"}
+
+
+def test_the_evaluate_ratio_is_measured_with_every_thread_count_asked(monkeypatch, tmp_path):
+    """The 1024 ratio (shrunk here: 32 px, 32 channels) with the configured threads and
+    each of ``ratio_threads``; the headline ratio is the configured count's."""
+    from types import SimpleNamespace
+
+    from pipeline.bench import suite
+
+    real = suite.latency_ratio_1024
+    monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, resolution, *args, **kw: real(
+        runtimes, 32, *args, channel_max=32, style_dim=32, n_mlp=2, **kw))
+    cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=1,
+                          threads=1, ratio_1024=True, ratio_repeats=2, ratio_threads=[2, 1])
+    _, ratio = bench.evaluate_latency(cfg, [], None, tmp_path)
+    assert ratio["threads"] == 1 and list(ratio["by_threads"]) == ["1", "2"]
+    assert ratio["by_threads"]["1"] == ratio["latency_ratio"]
+    assert set(ratio["by_threads"]["2"]) == {"pytorch", "onnxruntime"}
+    efficiency = bench.student_efficiency(ratio["bench"])
+    assert set(efficiency) == {"pytorch", "onnxruntime"} and all(0 < e < 1 for e in efficiency.values())

@@ -57,6 +57,7 @@ from .suite import (
     evaluate_latency,
     latency_ratio_1024,
     ratios,
+    student_efficiency,
     table,
 )
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, layout_teacher, prepare, random_student
@@ -67,5 +68,5 @@ __all__ = [
     "TeacherGraph", "batch_key", "bench", "check_batches", "check_runtimes", "config_f_pair",
     "evaluate_latency", "latency_ratio_1024", "layout_teacher", "machine_info", "machine_text",
     "main", "matmul_rates", "measure", "open_runtime", "peak_gmacs", "prepare", "random_student",
-    "ratios", "table", "using_threads",
+    "ratios", "student_efficiency", "table", "using_threads",
 ]

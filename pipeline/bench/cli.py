@@ -48,6 +48,13 @@ def _batches(text: str) -> list[int]:
     return sorted({1, *values}) if len(values) == 1 else sorted(set(values))
 
 
+def _thread_counts(text: str) -> list[int]:
+    counts = [_positive(v.strip()) for v in text.split(",") if v.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -109,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma list of {', '.join(RUNTIMES)} (all)")
     parser.add_argument("--batch", type=_batches, default=[1],
                         help="B: batch sizes 1 and B (or a comma list); default 1")
-    parser.add_argument("--threads", type=_positive, help="threads for every runtime (default: "
-                        "torch's count, the usable cores)")
+    parser.add_argument("--threads", type=_thread_counts, default=[None],
+                        help="threads for every runtime, or a comma list (1,2: the whole "
+                             "benchmark once per count; default: torch's count, the usable cores)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
     parser.add_argument("--repeats", type=_positive, default=5, help="timed runs (5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch and ORT's CUDA EP)")
@@ -132,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.csv and not args.profile:
             raise BenchError("--csv writes the --profile table: add --profile")
         models, teacher = _load_models(args)
+        if args.profile and len(args.threads) > 1:
+            raise BenchError("--profile takes one --threads count")
         if args.profile:
-            result = profile(models, runtimes, args.repeats, args.threads, args.workdir,
+            result = profile(models, runtimes, args.repeats, args.threads[0], args.workdir,
                              device=args.device, teacher=teacher, seed=args.seed)
             print(op_table(result))
             _write(args.json, result)
@@ -141,19 +151,23 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
                 write_csv(result, args.csv)
             return 0
-        result = bench(models, runtimes, args.batch, args.warmup, args.repeats, args.threads,
-                       args.workdir, device=args.device, teacher=teacher, seed=args.seed)
+        results = {}
+        for threads in args.threads:
+            result = bench(models, runtimes, args.batch, args.warmup, args.repeats, threads,
+                           args.workdir, device=args.device, teacher=teacher, seed=args.seed)
+            ratio = None
+            if {"teacher", "student"} <= set(models):
+                ratio = ratios(result)
+                if args.config_f is not None and args.teacher is None:
+                    ratio["weights"] = RANDOM_WEIGHTS
+                result["ratio"] = ratio
+            print(table(result, ratio) + "\n")
+            results[str(result["threads"])] = result
     except PipelineError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    ratio = None
-    if {"teacher", "student"} <= set(models):
-        ratio = ratios(result)
-        if args.config_f is not None and args.teacher is None:
-            ratio["weights"] = RANDOM_WEIGHTS
-        result["ratio"] = ratio
-    print(table(result, ratio))
-    _write(args.json, result)
+    # one count: the result itself (as before); several: {"by_threads": {count: result}}
+    _write(args.json, result if len(results) == 1 else {"by_threads": results})
     return 0
 
 

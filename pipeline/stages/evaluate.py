@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import cost, usage
+from ..bench.suite import student_efficiency
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..data import RealImages
@@ -308,6 +309,8 @@ def metrics_json(models: list[Model], figures: dict[str, Any], latency: dict[str
         out["threads"] = latency.get("threads")
     if ratio:
         out["latency_ratio_1024"] = ratio["latency_ratio"]
+        out["latency_ratio_1024_threads"] = ratio.get("by_threads", {})
+        out["student_efficiency_1024"] = student_efficiency(ratio["bench"])
         out["mac_ratio_1024"] = ratio["mac_ratio"]
         out["mac_ratio_1024_mobilestylegan"] = MOBILESTYLEGAN_MAC_RATIO
     return _numbers(out)
@@ -415,6 +418,13 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
         lines += _table(["runtime", "teacher ms", "student ms", "latency ratio"],
                         [[rt, r["teacher_ms"], r["student_ms"], ratio["latency_ratio"][rt]]
                          for rt, r in ratio["runtimes"].items() if rt in ratio["latency_ratio"]])
+        if len(ratio.get("by_threads", {})) > 1:
+            lines += ["", "By thread count: " + "; ".join(
+                f"{n} thread(s): " + ", ".join(f"{rt} {r:.2f}x" for rt, r in by_rt.items())
+                for n, by_rt in ratio["by_threads"].items())]
+        efficiency = student_efficiency(ratio["bench"])
+        lines += ["", "Student efficiency (GMAC/s over the measured matmul peak): " + ", ".join(
+            f"{rt} {100 * e:.1f}%" for rt, e in efficiency.items()) + "."]
         lines += ["", f"MAC ratio (pipeline.cost, physical): {ratio['mac_ratio']:.2f}x; "
                   f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x.", ""]
     lines += where_the_time_goes(ops) if ops else []
