@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
+from pipeline.params import Regression
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_BIN = str(Path(sys.executable).parent)
@@ -60,6 +61,19 @@ def _hygiene(tmp_path_factory):
         yield
     left = sorted(_workspace_state() - before)
     assert not left, f"the test run wrote into the repository: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_restored():
+    """``mlflow.set_tracking_uri`` writes MLFLOW_TRACKING_URI into ``os.environ`` (and ``None``
+    deletes it), beyond monkeypatch's reach: after each test, back to the session's store."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # MLflow follows the environment again
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +160,9 @@ def tiny_evaluate(**overrides) -> dict:
            "kid_subsets": 5, "reference": {"num_samples": 8},
            "lpips": "alex",
            "latency": {"runtimes": ["pytorch"], "batch_sizes": [1], "warmup": 1, "repeats": 2,
-                       "threads": 1, "ratio_1024": False}}
+                       "threads": 1, "ratio_1024": False},
+           # dvc.yaml has the export stage depend on this subsection: DVC needs it spelled out
+           "regression": Regression().model_dump()}
     return with_overrides(cfg, overrides)
 
 

@@ -31,7 +31,7 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkey
 
 
 def test_the_default_store_lives_in_mlruns_of_the_given_root(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     try:
         tracking.setup(root=tmp_path / "repo")
