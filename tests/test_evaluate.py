@@ -67,6 +67,7 @@ def test_every_model_side_by_side_with_stand_in_names(inputs):
         assert "fid" not in entry and "kid" not in entry and "lpips_alex" not in entry
     assert metrics["teacher"]["psnr_median"] == pytest.approx(100) and metrics["teacher"]["exploded"] == 0
     assert metrics["student"]["psnr_p10"] <= metrics["student"]["psnr_median"] < 100
+    assert metrics["psnr_mean_image_p10"] <= metrics["psnr_mean_image_median"] < 100
     assert metrics["teacher"]["lpips_alex_randinit"] == 0 and metrics["teacher"]["pixel_l1"] == 0
     # an untrained student is further from the teacher's distribution than the teacher is
     assert metrics["teacher"]["fid_randinit"] < metrics["student"]["fid_randinit"]

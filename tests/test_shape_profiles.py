@@ -36,6 +36,9 @@ def test_shape_profiles_keep_the_real_architectures():
         real_params = parse_params(shape_params(real))
         assert params.distill.adversarial.channel_max == real_params.distill.adversarial.channel_max
         assert params.search.min_resolution == real_params.search.min_resolution
+        assert params.distill.loss == real_params.distill.loss  # the papers' objective
+        assert real_params.distill.loss.gan and real_params.distill.loss.perceptual
+        assert real_params.distill.elastic.consistency_lpips
     arch = parse_params(shape_params("ffhq1024-shape")).fetch_teacher.random
     assert (arch.resolution, arch.channel_multiplier, arch.style_dim, arch.n_mlp) == (1024, 2, 512, 8)
 

@@ -78,6 +78,20 @@ class FixedLatents:
         return upsample(image.float(), self.resolution)
 
     @torch.no_grad()
+    def mean_image(self) -> torch.Tensor:
+        """The teacher's mean image over these latents, clamped to [-1, 1] as PSNR sees it."""
+        return sum(t.image.float().clamp(-1, 1).sum(0) for t in self) / len(self)
+
+    @torch.no_grad()
+    def mean_image_psnr(self, mean: torch.Tensor | None = None) -> dict[str, float]:
+        """The constant a student must beat: PSNR of the teacher's mean image (``mean``, or
+        :meth:`mean_image`: one more pass) to each teacher image, ``psnr_median``, ``psnr_p10``."""
+        mean = self.mean_image() if mean is None else mean
+        per_sample = PerSample()
+        per_sample.add({"psnr": torch.cat([psnr(mean.expand_as(t.image), t.image) for t in self])})
+        return {k: v for k, v in per_sample.result().items() if k != "psnr"}
+
+    @torch.no_grad()
     def outputs(self, model: Synthesis) -> Iterator[tuple[Targets, torch.Tensor]]:
         """Per chunk: the targets and ``model``'s image on them at the full resolution."""
         for t in self:
@@ -91,15 +105,20 @@ def distances(image: torch.Tensor, reference: torch.Tensor, lpips: LPIPS) -> dic
     capped at 100 dB), ``exploded`` 1 where the image's largest magnitude is over 1.5x the
     reference's (a sample blowing up, which means alone would average away)."""
     reference = reference.float()
-    clamped = (image.clamp(-1, 1) - reference.clamp(-1, 1)).pow(2).mean((1, 2, 3))
     peak = image.abs().flatten(1).amax(1)
     out = {lpips.name: lpips(image, reference),
            "mse": (image - reference).pow(2).mean((1, 2, 3)),
            "pixel_l1": (image - reference).abs().mean((1, 2, 3)),
-           "psnr": 10 * torch.log10(4 / clamped.clamp_min(4e-10)),
+           "psnr": psnr(image, reference),
            **structural_similarity(image, reference),
            "exploded": (peak > 1.5 * reference.abs().flatten(1).amax(1)).float()}
     return out
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR in dB of images clamped to [-1, 1] (peak-to-peak 2), capped at 100."""
+    mse = (image.float().clamp(-1, 1) - reference.float().clamp(-1, 1)).pow(2).mean((1, 2, 3))
+    return 10 * torch.log10(4 / mse.clamp_min(4e-10))
 
 
 def structural_similarity(image: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:

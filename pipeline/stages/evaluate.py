@@ -124,6 +124,7 @@ class Samples:
     features: dict[str, list[np.ndarray]] = field(default_factory=dict)
     means: dict[str, PerSample] = field(default_factory=dict)
     grid: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_sum: torch.Tensor | float = 0.0  # clamped teacher images summed: the mean-image baseline
 
 
 @torch.no_grad()
@@ -136,6 +137,7 @@ def sample_models(models: list[Model], latents: FixedLatents, features: Inceptio
                    f"{torch.device(latents.device).type}, {latents.batch_size} at a time")
     bar = usage.Progress("evaluate", len(latents), "img", progress)
     for t in latents:
+        out.teacher_sum = out.teacher_sum + t.image.float().clamp(-1, 1).sum(0)
         for m in models:
             image = latents.full_size(t.image if m.kind == "teacher" else m.net(t.wplus, t.noise))
             out.features.setdefault(m.name, []).append(features(image).double().cpu().numpy())
@@ -231,7 +233,9 @@ def evaluate_models(cfg: Evaluate, teacher: Generator, student: MobileSynthesis,
             "params": m.cost["params"], "macs": m.cost["macs"], "macs_anycost": m.cost["macs_anycost"],
             "resolution": m.resolution,
         }
-    figures["_meta"] = {"samples": len(latents), "reference_samples": ref.n or 0,
+    baseline = latents.mean_image_psnr(samples.teacher_sum / len(latents))
+    figures["_meta"] = {"samples": len(latents), "psnr_mean_image_median": baseline["psnr_median"],
+                        "psnr_mean_image_p10": baseline["psnr_p10"], "reference_samples": ref.n or 0,
                         "reference_cached": int(cached), "fid_rank_deficient": int(deficient),
                         "stand_in_features": int(features.stand_in),
                         "stand_in_lpips": int(lpips.stand_in),
@@ -403,7 +407,9 @@ def report(models: list[Model], figures: dict[str, Any], latency: dict[str, Any]
               "MS-SSIM from 161 px) against "
               "the teacher's image of the same latents at full resolution (lower-resolution "
               "outputs bilinearly up-sampled); exploded: samples whose largest magnitude is "
-              "over 1.5x the teacher's on the same latents.", ""]
+              "over 1.5x the teacher's on the same latents. Baseline: the teacher's mean "
+              f"image over these latents scores PSNR {meta['psnr_mean_image_median']:.2f} / "
+              f"{meta['psnr_mean_image_p10']:.2f} dB (median / p10); a student must beat it.", ""]
     if latency:
         lines += ["## Latency", "", f"Machine: {latency.get('machine_text', '-')}; "
                   f"{latency.get('threads')} threads; measured matmul peak "

@@ -167,6 +167,7 @@ class Validator:
         self.lpips, self.features = lpips, features
         self.kid = stand_in_name("kid", features.stand_in)
         self.teacher_feats = torch.cat([self._feats(t.image) for t in self.latents])
+        self.baseline = self.latents.mean_image_psnr()  # the constant a student must beat
 
     @torch.no_grad()
     def _feats(self, images: torch.Tensor) -> torch.Tensor:
@@ -431,6 +432,8 @@ def distill(
            for when, figures in (("start", metrics_start), ("end", end))
            if figures and "ms_ssim" in figures},
         "validation_samples": cfg.validation.num_samples,
+        **({f"psnr_mean_image{'' if k == 'psnr_median' else '_p10'}": v
+            for k, v in validator.baseline.items()} if validator else {}),
         **({f"{lp}_to_teacher_smallest_end": end.get(f"{lp}_smallest", math.nan)}
            if elastic is not None else {}),
         "student_params": sum(p.numel() for p in ema.parameters()),

@@ -60,6 +60,22 @@ def test_psnr_and_explosions_per_sample(lpips):
     assert d["psnr"][1] < d["psnr"][0] < 27
 
 
+def test_the_mean_image_baseline_is_what_a_constant_scores(tiny_teacher):
+    """The teacher's mean image, scored like a student: kept and redrawn latents agree, a
+    given mean is used as it is, and no constant beats the mean (it minimises the MSE)."""
+    kept = FixedLatents(tiny_teacher, 12, 5, 1.0, seed=2, device="cpu")
+    drawn = FixedLatents(tiny_teacher, 12, 5, 1.0, seed=2, device="cpu", keep=False)
+    images = torch.cat([t.image for t in kept]).clamp(-1, 1)
+    assert torch.allclose(kept.mean_image(), images.mean(0), atol=1e-6)
+    base = kept.mean_image_psnr()
+    assert set(base) == {"psnr_median", "psnr_p10"} and base["psnr_p10"] <= base["psnr_median"] < 100
+    assert drawn.mean_image_psnr() == pytest.approx(base)
+    mse = lambda c: (images - c).pow(2).mean((1, 2, 3)).mean()  # noqa: E731
+    assert mse(images.mean(0)) < mse(images.mean(0) + 0.05) and mse(images.mean(0)) < mse(0.0)
+    zeros = kept.mean_image_psnr(torch.zeros_like(images[0]))
+    assert zeros["psnr_median"] < base["psnr_median"]
+
+
 def test_ssim_is_one_for_identical_images_and_falls_with_structure_lost(lpips):
     torch.manual_seed(0)
     ref = torch.nn.functional.avg_pool2d(torch.rand(3, 3, 64, 64), 5, 1, 2) * 2 - 1  # smooth

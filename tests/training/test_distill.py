@@ -55,6 +55,7 @@ def test_short_distillation_brings_the_student_closer_to_the_teacher(
     assert "kid_randinit_end" in m and "kid_end" not in m  # KID on a stand-in: named, not judged
     assert m["psnr_to_teacher_end"] > m["psnr_to_teacher_start"] + 2 and m["validation_samples"] == 8
     assert m["psnr_to_teacher_p10_end"] <= m["psnr_to_teacher_end"] and m["exploded_end"] >= 0
+    assert m["psnr_mean_image_p10"] <= m["psnr_mean_image"] < 100  # the constant to beat
     assert m["pixel_l1_end"] < 0.9 * m["pixel_l1_start"], m  # it starts near a black image
     assert m["ssim_to_teacher_end"] > m["ssim_to_teacher_start"], m  # weight-free, like PSNR
     assert m["ssim_to_teacher_p10_end"] <= m["ssim_to_teacher_end"] and "ms_ssim_to_teacher_end" not in m
