@@ -432,8 +432,8 @@ def distill(
            for when, figures in (("start", metrics_start), ("end", end))
            if figures and "ms_ssim" in figures},
         "validation_samples": cfg.validation.num_samples,
-        **({"psnr_mean_image": validator.baseline["psnr_median"],
-            "psnr_mean_image_p10": validator.baseline["psnr_p10"]} if validator else {}),
+        **({f"psnr_mean_image{'' if k == 'psnr_median' else '_p10'}": v
+            for k, v in validator.baseline.items()} if validator else {}),
         **({f"{lp}_to_teacher_smallest_end": end.get(f"{lp}_smallest", math.nan)}
            if elastic is not None else {}),
         "student_params": sum(p.numel() for p in ema.parameters()),
