@@ -1,11 +1,12 @@
-"""search: evolutionary search of student sub-networks under MAC budgets
-(pipeline/stages/search.py).
+"""search: evolutionary search of student sub-networks under MAC or latency budgets
+(pipeline/stages/search.py; latency models: pipeline/bench/latency.py, cached under
+--cache-dir).
 
 Reads the ``search`` and ``metric_networks`` sections of params.yaml,
 ``artifacts/student`` and ``artifacts/teacher``; writes ``artifacts/search/``
 (configs.json: per budget the channels, output resolution, MACs, parameters and
-distances, with the uniform-ratio baseline; pareto.png), ``metrics/search.json`` and
-``plots/search/pareto.csv``.
+distances, with the uniform-ratio baseline; pareto.png; pareto_latency_<runtime>.png
+per runtime of a latency budget), ``metrics/search.json`` and ``plots/search/pareto.csv``.
 """
 
 import sys

@@ -19,7 +19,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -297,6 +297,47 @@ def parse_macs(value: str | float | int) -> int | float:
     return number
 
 
+LATENCY_RUNTIMES = ("onnxruntime", "executorch")  # pipeline.bench's deployment runtimes
+_LATENCY = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*ms\s*@\s*([A-Za-z0-9_]+?)(?:-(fp32|int8))?\s*")
+
+
+class LatencyBudget(NamedTuple):
+    """A latency budget ``8ms@executorch``: milliseconds per image at batch 1 in a runtime,
+    at a precision (``-int8`` suffix; fp32 without one)."""
+
+    ms: float
+    runtime: str
+    precision: str = "fp32"
+
+    @property
+    def model(self) -> str:
+        """The latency model it is predicted with: ``executorch``, ``executorch-int8``."""
+        return self.runtime if self.precision == "fp32" else f"{self.runtime}-{self.precision}"
+
+
+def parse_budget(value: str | float | int) -> int | float | LatencyBudget:
+    """A ``search.budgets`` value: a latency budget (``8ms@executorch``, ``1.5ms@onnxruntime``,
+    ``6ms@executorch-int8``) or a MAC budget (:func:`parse_macs`)."""
+    if isinstance(value, str) and "@" in value:
+        m = _LATENCY.fullmatch(value)
+        if not m:
+            raise ValueError(f"expected a latency budget like 8ms@executorch, 20ms@onnxruntime "
+                             f"or 6ms@executorch-int8, got {value!r}")
+        if m[2] not in LATENCY_RUNTIMES:
+            raise ValueError(f"unknown runtime {m[2]!r} in {value!r}; latency budgets name one "
+                             f"of {', '.join(LATENCY_RUNTIMES)}")
+        if float(m[1]) <= 0:
+            raise ValueError(f"a latency budget must be positive, got {value!r}")
+        return LatencyBudget(float(m[1]), m[2], m[3] or "fp32")
+    try:
+        return parse_macs(value)
+    except ValueError as e:
+        if "expected" not in str(e):
+            raise
+        raise ValueError(f"{str(e).rsplit(', got', 1)[0]}, or a latency like 8ms@executorch, "
+                         f"got {value!r}") from None
+
+
 class Evolution(Section):
     """Anycost GAN's evolutionary search: elitist, mutation + crossover, budget-feasible only."""
 
@@ -311,13 +352,33 @@ class Evolution(Section):
     seed: Annotated[int, Field(ge=0)] = 0
 
 
+class SearchLatency(Section):
+    """The latency model of latency budgets (pipeline.bench.latency): per-layer tables
+    measured in each runtime, checked on held-out random configurations."""
+
+    tables: dict[str, str] = Field(
+        {}, description="runtime (executorch, onnxruntime-int8, ...) -> a table measured on "
+        "the target device (python -m pipeline.bench latency-table); a runtime not named here "
+        "is measured on this machine, cached by machine and runtime versions")
+    threads: Annotated[int, Field(ge=1)] = Field(1, description="threads of every runtime")
+    grid: Annotated[int, Field(ge=2)] | None = Field(
+        2, description="widths measured per layer, spread over its choices (ends included; "
+        "the others interpolated); null: every choice")
+    holdout: Annotated[int, Field(ge=1)] = Field(
+        4, description="random configurations measured whole to check the model")
+    repeats: Annotated[int, Field(ge=1)] = Field(
+        10, description="timed runs per measurement, after warm-up; the fastest counts")
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class Search(Section):
-    """Channel configurations (and output resolutions) of the student per MAC budget."""
+    """Channel configurations (and output resolutions) of the student per MAC or latency budget."""
 
     # values: Any, checked by _budgets (a str | float | int union reports one error per member)
     budgets: dict[str, Any] = Field(
-        {"half": 0.5}, min_length=1, description="name -> MACs (15G, 300M, 123456) or a "
-        "fraction of the full student's (0.5, 40%); physical MACs of pipeline.cost")
+        {"half": 0.5}, min_length=1, description="name -> MACs (15G, 300M, 123456), a "
+        "fraction of the full student's (0.5, 40%; physical MACs of pipeline.cost), or "
+        "a latency in a runtime (8ms@executorch, 20ms@onnxruntime, 6ms@executorch-int8)")
     ratios: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0], min_length=1,
         description="per-layer channel ratios the search picks from")
@@ -335,6 +396,7 @@ class Search(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     evolution: Evolution = Evolution()
     lpips: LpipsNet = Field("alex", description="LPIPS backbone of the fitness")
+    latency: SearchLatency = SearchLatency()
 
     @field_validator("budgets")
     @classmethod
@@ -344,9 +406,9 @@ class Search(Section):
                 raise ValueError(f"budget name {name!r}: use letters, digits, _ . - "
                                  f"(it names files and metrics)")
             try:
-                parse_macs(value)
+                parse_budget(value)
             except ValueError as e:
-                raise ValueError(f"budget {name!r}: {e}") from None
+                raise InvalidKey(name, str(e)) from None
         return budgets
 
     @model_validator(mode="after")
@@ -379,8 +441,11 @@ class Latency(Section):
     """Synthesis-network latency in real runtimes (pipeline.bench)."""
 
     enabled: bool = True
-    runtimes: list[Literal["pytorch", "onnxruntime", "executorch"]] = Field(
-        ["pytorch", "onnxruntime", "executorch"], min_length=1)
+    runtimes: list[Literal["pytorch", "onnxruntime", "executorch", "onnxruntime-int8",
+                           "executorch-int8"]] = Field(
+        ["pytorch", "onnxruntime", "executorch", "onnxruntime-int8", "executorch-int8"],
+        min_length=1, description="-int8: the file quantized as the export stage does "
+        "(calibrated on the teacher's mapping network); not used for the 1024 ratio")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 8], min_length=1)
     warmup: Annotated[int, Field(ge=0)] = 2
     repeats: Annotated[int, Field(ge=1)] = 10
@@ -397,6 +462,9 @@ class Latency(Section):
         True, description="also profile the teacher and the full student per operator type "
         "in each runtime (its own profiler) -> ops.csv, ops.json and the report")
     profile_runs: Annotated[int, Field(ge=1)] = 3
+    quality_samples: Annotated[int, Field(ge=0)] = Field(
+        64, description="latents each timed file (fp32 and int8) is run on for the latency-vs-"
+        "quality Pareto (median PSNR to the teacher in its runtime); 0: not measured")
 
 
 class Regression(Section):
@@ -449,6 +517,36 @@ class ExportParity(Section):
     fp16_lpips: Annotated[float, Field(gt=0)] = 0.02
 
 
+class ExportInt8(Section):
+    """Post-training static int8 variants of every model's primary input variant
+    (pipeline.export.quantize), each measured against its fp32 file in the same runtime."""
+
+    formats: list[Literal["onnx", "pte"]] = Field(
+        ["onnx", "pte"], description="ONNX QDQ (onnxruntime.quantization), ExecuTorch PT2E "
+        "(XNNPACK); [] writes none (only formats export.formats produces)")
+    calibration_samples: Annotated[int, Field(ge=2)] = Field(
+        64, description="calibration inputs from the teacher's mapping network")
+    eval_samples: Annotated[int, Field(ge=1)] = Field(
+        32, description="other inputs of the same draw: int8 vs fp32 LPIPS and PSNR")
+    truncation_psi: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="truncation of the calibration and evaluation latents (what an app feeds)")
+    seed: Annotated[int, Field(ge=0)] = 0
+    max_lpips: Annotated[float, Field(gt=0)] = Field(
+        0.05, description="gate: an int8 file whose mean LPIPS to its fp32 file is above this "
+        "is not published (the fp32 files are)")
+    min_psnr: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="gate, weight-free (means something on a stand-in LPIPS): nor one "
+        "whose median PSNR to its fp32 file is below this (dB)")
+    threads: Annotated[int, Field(ge=1)] = Field(1, description="threads of the speed-up timing")
+    repeats: Annotated[int, Field(ge=1)] = Field(20, description="timed calls of each file (batch 1)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportInt8:
+        if len(set(self.formats)) != len(self.formats):
+            raise InvalidKey("formats", f"must not repeat entries, got {self.formats}")
+        return self
+
+
 class ExportRegistry(Section):
     """Every exported model's primary ONNX file in the MLflow Model Registry, one
     registered model per budget; the ``champion`` alias moves only past the gate."""
@@ -479,7 +577,8 @@ class Export(Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
     require_ema: bool = Field(True, description="refuse a student checkpoint without EMA weights")
     parity: ExportParity = ExportParity()
-    lpips: LpipsNet = Field("alex", description="LPIPS backbone of the parity check")
+    int8: ExportInt8 = ExportInt8()
+    lpips: LpipsNet = Field("alex", description="LPIPS backbone of the parity check and the int8 gate")
     registry: ExportRegistry = ExportRegistry()
 
     @model_validator(mode="after")

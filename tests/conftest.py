@@ -148,9 +148,11 @@ def tiny_search(**overrides) -> dict:
 
 
 def tiny_export() -> dict:
-    """ONNX and ExecuTorch of the W+ variant only (Core ML and fp16 have their own tests)."""
+    """ONNX and ExecuTorch of the W+ variant only (Core ML and fp16 have their own tests);
+    int8 ONNX only (seconds; int8 ExecuTorch's lowering has its own test)."""
     return {"formats": ["onnx", "pte"], "inputs": ["wplus"], "fp16": False,
             "parity": {"samples": 2}, "lpips": "alex",
+            "int8": {"formats": ["onnx"], "calibration_samples": 4, "eval_samples": 2, "repeats": 2},
             "registry": {"name": "tiny-student"}}
 
 

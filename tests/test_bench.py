@@ -236,3 +236,32 @@ def test_the_evaluate_ratio_is_measured_with_every_thread_count_asked(monkeypatc
     assert set(ratio["by_threads"]["2"]) == {"pytorch", "onnxruntime"}
     efficiency = bench.student_efficiency(ratio["bench"])
     assert set(efficiency) == {"pytorch", "onnxruntime"} and all(0 < e < 1 for e in efficiency.values())
+
+
+def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
+        tiny_teacher, tmp_path, monkeypatch):
+    """Int8 rows beside the fp32 ones: each runtime quantizes its own file (export.quantize),
+    calibrated on the target's styles; its parity to eager is int8-sized (random weights),
+    not zero. The 1024 ratio of the same configuration keeps to the fp32 runtimes."""
+    from types import SimpleNamespace
+
+    from pipeline.bench import suite
+    from pipeline.export.quantize import latent_inputs
+
+    calibration = latent_inputs(tiny_teacher, 8, 0, 1.0)["wplus"]
+    models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
+    cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime", "onnxruntime-int8", "executorch-int8"],
+                          batch_sizes=[1], warmup=0, repeats=2, threads=1, ratio_1024=False)
+    latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path, calibration=calibration)
+    assert not latency["skipped"]
+    assert [row[1] for row in latency["rows"]] == cfg.runtimes
+    for rt in ("onnxruntime-int8", "executorch-int8"):
+        assert 1e-5 < latency["parity"]["full"][rt] < 1
+    assert (tmp_path / "models" / "full" / "student.int8.onnx").is_file()
+    assert "int8" in latency["runtime_devices"]["full"]["onnxruntime-int8"]
+    asked = []
+    monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, *a, **k: asked.append(
+        runtimes) or {"latency_ratio": {}, "threads": 1, "bench": {"models": {}}})
+    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_threads, cfg.runtimes = True, 1, [], cfg.runtimes[1:]
+    bench.evaluate_latency(cfg, [], tiny_teacher, tmp_path / "ratio")
+    assert asked == [["onnxruntime"]]

@@ -213,24 +213,30 @@ def test_missing_inception_weights_say_how_to_provide_them(inputs):
 
 
 def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
-    cfg = evaluate_cfg(latency={"enabled": True, "runtimes": ["pytorch", "onnxruntime"],
+    runtimes = ["pytorch", "onnxruntime", "onnxruntime-int8"]
+    cfg = evaluate_cfg(latency={"enabled": True, "runtimes": runtimes, "quality_samples": 4,
                                 "batch_sizes": [1], "warmup": 1, "repeats": 3, "threads": 1,
                                 "ratio_1024": False})
     metrics, _ = run(inputs, cfg)
     for name in ("teacher", "full", "b16"):
-        for runtime in ("pytorch", "onnxruntime"):
+        for runtime in runtimes:
             timing = metrics["models"][name]["latency"][runtime]["batch_1"]
             assert 0 < timing["median_ms"] <= timing["p90_ms"]
             assert timing["gmacs_per_s"] > 0
+        # each file as its runtime runs it, against the teacher: int8 close to fp32, not equal
+        by_rt = metrics["models"][name]["psnr_by_runtime"]
+        assert set(by_rt) == {"onnxruntime", "onnxruntime-int8"} and by_rt["onnxruntime-int8"] > 10
+        assert by_rt["onnxruntime"] != by_rt["onnxruntime-int8"]
+    assert metrics["models"]["teacher"]["psnr_by_runtime"]["onnxruntime"] > 60  # its own graph
     assert metrics["peak_gmacs"] > 0 and metrics["threads"] == 1
     assert "latency_ratio_1024" not in metrics  # not asked for
     rows = (inputs / "plots" / "latency.csv").read_text().splitlines()
-    assert rows[0].startswith("model,runtime,batch,median_ms") and len(rows) == 1 + 4 * 2
+    assert rows[0].startswith("model,runtime,batch,median_ms") and len(rows) == 1 + 4 * 3
     assert "## Latency" in (inputs / "out" / "report.md").read_text()
     # where the time goes: the teacher and the full student, in each runtime's profiler
     ops = json.loads((inputs / "out" / "ops.json").read_text())
     assert {m: set(per_rt) for m, per_rt in ops["profiles"].items()} == {
-        "teacher": {"pytorch", "onnxruntime"}, "full": {"pytorch", "onnxruntime"}}
+        "teacher": set(runtimes), "full": set(runtimes)}
     assert "## Where the time goes" in (inputs / "out" / "report.md").read_text()
     table = (inputs / "out" / "ops.csv").read_text().splitlines()
     assert table[0] == "model,runtime,op,ms,share,calls" and any(",onnxruntime,Conv" in r for r in table)

@@ -148,7 +148,7 @@ def test_a_repeated_key_is_refused_naming_it_and_both_lines(tmp_path):
      "got ['a', 'a', "),
     ("evaluate", {"reference": {"source": "npz"}}, "evaluate.reference.path", "'npz'"),
     ("export", {"inputs": ["w", "w"]}, "export.inputs", "got ['w', 'w']"),
-    ("search", {"budgets": {"a": [1]}}, "search.budgets", "got [1]"),
+    ("search", {"budgets": {"a": [1]}}, "search.budgets.a", "got [1]"),
 ])
 def test_every_params_error_is_one_short_line_naming_the_key(section, overrides, key, value):
     data = tiny_params()

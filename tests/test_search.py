@@ -112,7 +112,7 @@ def test_budgets_parse(value, expected):
 
 
 @pytest.mark.parametrize("budgets, match", [
-    ({"a": "lots"}, "budget 'a': expected a MAC count"),
+    ({"a": "lots"}, "search.budgets.a: expected a MAC count"),
     ({"a": "150%"}, r"fraction of the full student must be in \(0, 1\]"),
     ({"a": 0}, "must be positive"),
     ({"a/b": 0.5}, "budget name"),

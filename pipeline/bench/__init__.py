@@ -36,13 +36,16 @@ with the same threads (:func:`peak_gmacs`).
 speed only) against its default MobileStyleGAN student, batch 1, same run and threads.
 
 ``python -m pipeline.bench --help``: the same table for checkpoints or config-f pairs.
+``python -m pipeline.bench latency-table --help``: the per-layer latency table of a student
+that the search stage's latency budgets are predicted with (:mod:`pipeline.bench.latency`).
 """
 
 # The package, one job a module (``python -m pipeline.bench --help`` prints the docstring
 # above): ``timing`` (measure, threads), ``machine`` (CPU, versions, matmul peak),
 # ``targets`` (what is timed: the teacher's graph, pipeline.export.teacher_graph, or the
 # student's, pipeline.export.graph), ``runtimes`` (one adapter per runtime), ``suite``
-# (bench, ratios, the evaluate stage's entry point, the table) and ``cli``.
+# (bench, ratios, the evaluate stage's entry point, the table), ``latency`` (the search's
+# per-layer latency model) and ``cli``.
 
 from ..export.teacher_graph import TeacherGraph
 from .cli import main

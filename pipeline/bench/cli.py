@@ -1,6 +1,7 @@
 """``python -m pipeline.bench``: the benchmark table (and JSON) for checkpoints or config-f
-pairs, or with ``--profile`` their time per operator type. Bad arguments exit 2 with one
-line."""
+pairs, or with ``--profile`` their time per operator type; ``python -m pipeline.bench
+latency-table``: the search's latency model of a student (pipeline.bench.latency). Bad
+arguments exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import PipelineError
+from ..io import write_json
 from ..models.stylegan2 import Generator
 from .profile import op_table, profile, write_csv
 from .runtimes import RUNTIMES, check_runtimes
@@ -99,7 +101,62 @@ def _load_models(args: argparse.Namespace) -> tuple[dict[str, Any], Generator | 
     return models, teacher
 
 
+def latency_table(argv: list[str]) -> int:
+    """``python -m pipeline.bench latency-table``: the search's latency model of a student
+    measured on this machine (the target device), for ``search.latency.tables``."""
+    from ..checkpoints.project import load_student
+    from ..params import Search
+    from . import latency
+
+    defaults = Search.model_fields
+    parser = _Parser(prog="python -m pipeline.bench latency-table",
+                     description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", required=True, help="student checkpoint (distill's output)")
+    parser.add_argument("--runtime", required=True, choices=latency.RUNTIMES)
+    parser.add_argument("--out", required=True, help="the table (JSON)")
+    parser.add_argument("--ratios", default=",".join(map(str, defaults["ratios"].default)),
+                        help="per-layer channel ratios, as search.ratios (%(default)s)")
+    parser.add_argument("--min-resolution", type=_positive, default=None,
+                        help="as search.min_resolution (default: the full resolution only)")
+    parser.add_argument("--threads", type=_positive, default=1, help="threads (1)")
+    parser.add_argument("--grid", type=_positive, default=2,
+                        help="widths measured per layer, ends included (2); the others "
+                             "interpolated; 1: every choice")
+    parser.add_argument("--holdout", type=_positive, default=4, help="configurations checked (4)")
+    parser.add_argument("--repeats", type=_positive, default=10, help="timed runs (10)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if not Path(args.student).is_file():
+            raise BenchError(f"--student: no such file: {args.student}")
+        try:
+            ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
+        except ValueError:
+            raise BenchError(f"--ratios: expected numbers in (0, 1], got {args.ratios!r}") from None
+        if not ratios or not all(0 < r <= 1 for r in ratios):
+            raise BenchError(f"--ratios: expected numbers in (0, 1], got {args.ratios!r}")
+        cfg = load_student(args.student)[0].cfg
+        if args.min_resolution and args.min_resolution not in latency.resolutions_of(cfg, 8):
+            raise BenchError(f"--min-resolution: one of {latency.resolutions_of(cfg, 8)}")
+        model = latency.build_model(cfg, latency.widths_choices(cfg, ratios),
+                                    latency.resolutions_of(cfg, args.min_resolution), args.runtime,
+                                    args.threads, args.grid if args.grid > 1 else None,
+                                    args.holdout, args.repeats, args.seed)
+    except PipelineError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    write_json(args.out, model.to_json())
+    print(f"{args.runtime}: {len(model.entries)} layer entries, model error on "
+          f"{len(model.check['configs'])} held-out configurations: median "
+          f"{100 * model.check['median_abs_err']:.1f} %, max {100 * model.check['max_abs_err']:.1f} % "
+          f"({model.seconds:.0f} s) -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["latency-table"]:
+        return latency_table(argv[1:])
     description = sys.modules[__package__].__doc__  # the package's: what is timed, and how
     parser = _Parser(prog="python -m pipeline.bench", description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -58,7 +58,8 @@ def profile(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES, runs:
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="profile-"))
-        result["threads"] = stack.enter_context(using_threads(threads, "executorch" in runtimes))
+        result["threads"] = stack.enter_context(using_threads(
+            threads, any(r.startswith("executorch") for r in runtimes)))
         for name, target in targets.items():
             folder = Path(workdir) / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The runtimes a :class:`~pipeline.bench.targets.Target` is timed in, one adapter each:
 ``pytorch`` (eager), ``onnxruntime`` (the ``export_onnx`` file in one session) and
-``executorch`` (the ``export_pte`` XNNPACK program, batch 1). :func:`open_runtime` builds
+``executorch`` (the ``export_pte`` XNNPACK program, batch 1), and the int8 versions of
+the two files (``onnxruntime-int8``, ``executorch-int8``: pipeline.export.quantize,
+calibrated on the target's calibration inputs). :func:`open_runtime` builds
 one (exporting the network where the runtime needs a file); it raises when the runtime is
 not installed or the network does not export to it. Each adapter times calls
 (``runner``) and profiles them with the runtime's own profiler (``profile``)."""
@@ -22,7 +24,8 @@ import torch
 from .targets import Target
 from .timing import BenchError
 
-RUNTIMES: tuple[str, ...] = ("pytorch", "onnxruntime", "executorch")
+RUNTIMES: tuple[str, ...] = ("pytorch", "onnxruntime", "executorch")  # fp32: the default set
+INT8_RUNTIMES: tuple[str, ...] = ("onnxruntime-int8", "executorch-int8")  # static int8 of the same file
 OPSET = 18
 
 
@@ -101,7 +104,11 @@ class _OnnxRuntime:
         self.where = f"onnxruntime {'+'.join(p.removesuffix('ExecutionProvider') for p in self.providers)}"
         self.path = workdir / f"{target.arch}.onnx"
         export_onnx(target.net, self.path, False, opset)
+        self.path = self._quantized(target, self.path)
         self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+
+    def _quantized(self, target: Target, path: Path) -> Path:  # fp32: the file as written
+        return path
 
     def runner(self, x: torch.Tensor) -> Callable[[], Any]:
         session = self.session
@@ -144,15 +151,15 @@ class _ExecuTorch:
     name = "executorch"
 
     def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int):
-        from ..export.formats import export_pte, unavailable
+        from ..export.formats import unavailable
 
         why = unavailable("pte")
         if why:
             raise BenchError(why)
         from executorch.runtime import Runtime
 
-        path = self.path = workdir / f"{target.arch}.pte"
-        facts = export_pte(target.net, path, False)
+        path = self.path = workdir / f"{target.arch}{self.suffix}"
+        facts = self._write(target, path)
         self.outside = facts.get("ops_outside_delegate", [])
         self.on = "cpu"
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -194,15 +201,56 @@ class _ExecuTorch:
                     entry[1] += len(times)
         return OpTimes(ops, total, runs)
 
+    suffix = ".pte"
+
+    @staticmethod
+    def _write(target: Target, path: Path) -> dict[str, Any]:
+        from ..export.formats import export_pte
+
+        return export_pte(target.net, path, False)
+
     def close(self) -> None:
         self.method = None
+
+
+class _OnnxRuntimeInt8(_OnnxRuntime):
+    """The ONNX file quantized to int8 QDQ (pipeline.export.quantize), calibrated on the
+    target's calibration inputs; the same session settings."""
+
+    name = "onnxruntime-int8"
+
+    def _quantized(self, target: Target, path: Path) -> Path:
+        from ..export.quantize import quantize_onnx, unavailable
+
+        if why := unavailable("onnx"):
+            raise BenchError(why)
+        out = path.with_suffix(".int8.onnx")
+        quantize_onnx(path, out, target.calibration_inputs(), target.net.kind)
+        self.where += " int8 (QDQ)"
+        return out
+
+
+class _ExecuTorchInt8(_ExecuTorch):
+    """The XNNPACK program quantized to int8 by PT2E (pipeline.export.quantize)."""
+
+    name = "executorch-int8"
+    suffix = ".int8.pte"
+
+    @staticmethod
+    def _write(target: Target, path: Path) -> dict[str, Any]:
+        from ..export.quantize import quantize_pte, unavailable
+
+        if why := unavailable("pte"):
+            raise BenchError(why)
+        return quantize_pte(target.net, path, target.calibration_inputs())
 
 
 # ETDump events that enclose others (the delegate's operators, the whole method)
 _ET_ENVELOPES = ("DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method")
 
 
-_RUNTIME_CLASSES = {"pytorch": _PyTorch, "onnxruntime": _OnnxRuntime, "executorch": _ExecuTorch}
+_RUNTIME_CLASSES = {"pytorch": _PyTorch, "onnxruntime": _OnnxRuntime, "executorch": _ExecuTorch,
+                    "onnxruntime-int8": _OnnxRuntimeInt8, "executorch-int8": _ExecuTorchInt8}
 
 
 def open_runtime(name: str, target: Target, workdir: Path, device: str, threads: int,
@@ -218,10 +266,10 @@ def open_runtime(name: str, target: Target, workdir: Path, device: str, threads:
 def check_runtimes(runtimes: Sequence[str] | str) -> list[str]:
     if isinstance(runtimes, str):
         runtimes = [r.strip() for r in runtimes.split(",") if r.strip()]
-    unknown = [r for r in runtimes if r not in RUNTIMES]
+    unknown = [r for r in runtimes if r not in RUNTIMES + INT8_RUNTIMES]
     if unknown or not runtimes:
         raise BenchError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"choose from {', '.join(RUNTIMES)}")
+                         f"choose from {', '.join(RUNTIMES + INT8_RUNTIMES)}")
     return list(dict.fromkeys(runtimes))
 
 

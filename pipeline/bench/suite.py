@@ -16,7 +16,7 @@ import torch
 
 from ..models.stylegan2 import Generator
 from .machine import machine_info, machine_text, matmul_rates
-from .runtimes import OPSET, RUNTIMES, check_runtimes, open_runtime
+from .runtimes import INT8_RUNTIMES, OPSET, RUNTIMES, check_runtimes, open_runtime
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, prepare
 from .timing import BenchError, measure, using_threads
 
@@ -62,6 +62,7 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
          "model_info": {name: {"arch", "resolution", "macs", "params", "graph"}},
          "runtime_devices": {name: {runtime: str}},
          "parity": {name: {runtime: max abs difference to pytorch at batch 1}},
+         "files": {name: {runtime: the file it ran (onnxruntime, executorch and -int8)}},
          "rows": [[name, runtime, batch, median_ms, p90_ms, gmacs_per_s, efficiency]],
          "skipped": {"name/runtime[/batch_B]": reason}}
     """
@@ -78,7 +79,8 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
         workdir = Path(workdir)
-        n_threads = stack.enter_context(using_threads(threads, "executorch" in runtimes))
+        n_threads = stack.enter_context(using_threads(
+            threads, any(r.startswith("executorch") for r in runtimes)))
         rates = {"cpu": matmul_rates("cpu", n_threads, peak_n)}
         if str(device).startswith("cuda"):
             rates[str(device)] = matmul_rates(str(device), n_threads, peak_n)
@@ -87,7 +89,8 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
             "machine": machine_info(device), "device": str(device), "threads": n_threads,
             "peak_gmacs": peaks[str(device)], "peaks": peaks, "matmul_gmacs": rates,
             "warmup": warmup, "repeats": repeats, "batch_sizes": batch_sizes, "runtimes": runtimes,
-            "models": {}, "model_info": {}, "runtime_devices": {}, "parity": {}, "rows": [], "skipped": {},
+            "models": {}, "model_info": {}, "runtime_devices": {}, "parity": {}, "files": {}, "rows": [],
+            "skipped": {},
         }
         result["machine_text"] = machine_text(result["machine"])
         for name, target in targets.items():
@@ -113,6 +116,8 @@ def _bench_model(name: str, target: Target, runtimes: list[str], batch_sizes: li
             continue
         on = runtime.on
         result["runtime_devices"].setdefault(name, {})[rt] = runtime.where
+        if getattr(runtime, "path", None) is not None:
+            result["files"].setdefault(name, {})[rt] = str(runtime.path)
         try:
             for batch in batch_sizes:
                 key = f"{name}/{rt}/{batch_key(batch)}"
@@ -191,17 +196,18 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
 
 # -- the evaluate stage's entry point -----------------------------------------------------
 def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
-                     workdir: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
+                     workdir: str | Path, device: str = "cpu", calibration: torch.Tensor | None = None,
+                     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Latency of the evaluate stage's models (objects with ``name``, ``module`` and
     ``cost["macs"]``) per ``cfg`` (params ``evaluate.latency``), and the config-f ratio at
-    1024 when ``cfg.ratio_1024``. Returns (:func:`bench` result, :func:`latency_ratio_1024`
-    result or None)."""
+    1024 (fp32 runtimes) when ``cfg.ratio_1024``. ``calibration``: the W+ int8 runtimes
+    calibrate on. Returns (:func:`bench` result, :func:`latency_ratio_1024` result or None)."""
     targets = {}
     for m in models:
         t = prepare(m.module, teacher)
         macs = (getattr(m, "cost", None) or {}).get("macs")
         targets[m.name] = Target(t.net, t.arch, macs if macs is not None else t.macs, t.params,
-                                 t.resolution, t.info)
+                                 t.resolution, t.info, calibration)
     workdir = Path(workdir)
     latency = bench(targets, cfg.runtimes, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.threads,
                     workdir / "models", device=device, teacher=teacher)
@@ -209,7 +215,8 @@ def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
     if getattr(cfg, "ratio_1024", False):
         # the configured threads first (the headline ratio), then each other count asked for
         counts = list(dict.fromkeys([cfg.threads, *getattr(cfg, "ratio_threads", [])]))
-        runs = [latency_ratio_1024(cfg.runtimes, 1024, 2, min(cfg.warmup, 1),
+        fp32 = [r for r in cfg.runtimes if r not in INT8_RUNTIMES]  # the ratio compares fp32 graphs
+        runs = [latency_ratio_1024(fp32, 1024, 2, min(cfg.warmup, 1),
                                    getattr(cfg, "ratio_repeats", 3), n,
                                    workdir / f"ratio_1024_threads_{n or 'all'}", device=device)
                 for n in counts]
@@ -253,7 +260,7 @@ def table(result: Mapping[str, Any], ratio: Mapping[str, Any] | None = None) -> 
         for rt, r in ratio["latency_ratio"].items():
             ms = ratio["runtimes"][rt]
             eff = efficiency.get(rt)
-            lines.append(f"  {rt:<12} {r:6.2f}x   ({ms['teacher_ms']:.2f} ms / {ms['student_ms']:.2f} ms)"
+            lines.append(f"  {rt:<16} {r:6.2f}x   ({ms['teacher_ms']:.2f} ms / {ms['student_ms']:.2f} ms)"
                          + (f"   student at {100 * eff:.1f}% of peak" if eff is not None else ""))
         lines.append(f"  MACs (pipeline.cost, physical): {_f(ratio.get('mac_ratio'), '.2f')}x; "
                      f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x")

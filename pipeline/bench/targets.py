@@ -32,9 +32,16 @@ class Target:
     resolution: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
+    calibration: torch.Tensor | None = None  # int8 runtimes' calibration inputs
+
     def example(self, batch: int, seed: int = 0) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(self.net.input_shape(batch), generator=g)
+
+    def calibration_inputs(self) -> torch.Tensor:
+        """What int8 runtimes calibrate on: the given inputs, else 16 random W+ (N(0, I)
+        styles: right for timing random weights, not for judging int8 quality)."""
+        return self.calibration if self.calibration is not None else self.example(16, seed=1)
 
 
 def layout_teacher(resolution: int, style_dim: int, seed: int = 0) -> Generator:

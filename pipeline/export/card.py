@@ -101,6 +101,17 @@ def markdown(card: dict[str, Any]) -> str:
         [f"`{a['path']}`", a["format"], a["input"], a["precision"], _num(a["bytes"]),
          _num(a.get("max_abs_err", "-")), _num(a.get("lpips", "-")), a["checked_by"]]
         for a in card["artifacts"]])
+    int8 = [a for a in card["artifacts"] if a["precision"] == "int8"]
+    if int8:
+        lines += ["", "## int8", "", "Static post-training quantization of the primary input "
+                  "variant, each file against its fp32 file in the same runtime (batch-1 speed-up; "
+                  "LPIPS mean / worst, PSNR median / worst). A file over the gate is not published.",
+                  ""]
+        lines += _table(["file", "LPIPS", "PSNR (dB)", "fp32 ms", "int8 ms", "speed-up", "published"], [
+            [f"`{a['path']}`", f"{_num(a['lpips_to_fp32'])} / {_num(a['lpips_max_to_fp32'])}",
+             f"{a['psnr_to_fp32']:.1f} / {a['psnr_min_to_fp32']:.1f}", f"{a['fp32_ms']:.3g}",
+             f"{a['int8_ms']:.3g}", f"{a['speedup']:.2f}x", "yes" if a["published"] else
+             "**no**: over the gate"] for a in int8])
     for fmt, why in sorted(card.get("formats_skipped", {}).items()):
         lines.append(f"\nNot produced: **{fmt}**: {why}")
     lines += ["", "## Every file", ""]

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,16 +96,22 @@ def export_onnx(model: ExportModel, path: Path, fp16: bool, opset: int) -> dict[
     return {"opset": opset, "nodes": len(proto.graph.node), "batch": "dynamic"}
 
 
-def run_onnx(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Runs ``batch`` samples at a time (None: all at once)."""
+def onnx_runner(path: Path, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One onnxruntime CPU session on ``path``: input batch -> image."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+    options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return torch.cat([torch.from_numpy(np.asarray(session.run([OUTPUT_NAME], {name: c.numpy()})[0]))
-                      for c in x.split(batch or len(x))])
+    return lambda x: torch.from_numpy(np.asarray(session.run([OUTPUT_NAME], {name: x.numpy()})[0]))
+
+
+def run_onnx(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Runs ``batch`` samples at a time (None: all at once)."""
+    run = onnx_runner(path)
+    return torch.cat([run(c) for c in x.split(batch or len(x))])
 
 
 # -- ExecuTorch -------------------------------------------------------------------------
@@ -117,10 +124,16 @@ def export_pte(model: ExportModel, path: Path, fp16: bool) -> dict[str, Any]:
         with _quiet(), torch.no_grad():
             program = torch.export.export(net, (example_input(model, fp16),))
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-            calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+            facts = pte_facts(edge)
             path.write_bytes(edge.to_executorch().buffer)
     finally:
         model.float()
+    return facts
+
+
+def pte_facts(edge) -> dict[str, Any]:
+    """What the XNNPACK delegate took of a lowered program, and what it left outside."""
+    calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
     delegated = [n for n in calls if "executorch_call_delegate" in str(n.target)]
     outside = sorted({str(n.target).rsplit(".", 1)[-1] for n in calls
                       if n not in delegated and "getitem" not in str(n.target)})
@@ -128,12 +141,18 @@ def export_pte(model: ExportModel, path: Path, fp16: bool) -> dict[str, Any]:
             "ops_outside_delegate": outside}
 
 
-def run_pte(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Runs batch 1 at a time, whatever ``batch`` (the program is exported for batch 1)."""
+def pte_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The program's ``forward`` in ``executorch.runtime``: a batch-1 input -> image."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
-    return torch.cat([method.execute([x[i : i + 1].contiguous()])[0] for i in range(len(x))])
+    return lambda x: method.execute([x.contiguous()])[0]
+
+
+def run_pte(path: Path, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Runs batch 1 at a time, whatever ``batch`` (the program is exported for batch 1)."""
+    run = pte_runner(path)
+    return torch.cat([run(x[i : i + 1]) for i in range(len(x))])
 
 
 # -- Core ML ----------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
 from ..metrics.distances import feature_stats, frechet_distance, kid
 from ..metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
-from ..metrics.fixed_latents import FixedLatents, PerSample, distances
+from ..metrics.fixed_latents import FixedLatents, PerSample, distances, psnr
 from ..metrics.inception import InceptionFeatures
 from ..metrics.networks import inception_network, lpips_network
 from ..metrics.perceptual import LPIPS
@@ -267,15 +267,50 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None
         writer.writerows(rows)
 
 
-def plot_pareto(models: list[Model], figures: dict[str, Any], path: Path) -> None:
+@torch.no_grad()
+def runtime_psnr(files: dict[str, dict[str, str]], teacher: Generator, cfg: Evaluate,
+                 ) -> dict[str, dict[str, float]]:
+    """Median PSNR to the teacher of every file the latency table timed (fp32 and int8), as
+    its runtime runs it, on ``latency.quality_samples`` latents: the y of the latency-vs-
+    quality Pareto. The files bake in the teacher's fixed noise, so the teacher draws with it."""
+    from ..export.formats import onnx_runner, pte_runner
+    from ..export.quantize import latent_inputs
+    from ..models.sampling import upsample
+
+    teacher = teacher.cpu()
+    wplus = latent_inputs(teacher, cfg.latency.quality_samples, cfg.seed, cfg.truncation_psi)["wplus"]
+    noise = teacher.make_noise(1, "const")
+    chunks = wplus.split(cfg.batch_size)
+    target = [teacher.synthesis(w, noise) for w in chunks]
+    out: dict[str, dict[str, float]] = {}
+    for name, by_runtime in files.items():
+        for rt, path in by_runtime.items():
+            onnx = rt.startswith("onnxruntime")
+            run = onnx_runner(Path(path), cfg.latency.threads) if onnx else pte_runner(Path(path))
+
+            def image(w: torch.Tensor, run=run, onnx=onnx) -> torch.Tensor:  # .pte: batch 1
+                return run(w) if onnx else torch.cat([run(x) for x in w.split(1)])
+
+            scores = torch.cat([psnr(upsample(image(w).float(), t.shape[-1]), t)
+                                for w, t in zip(chunks, target, strict=True)])
+            out.setdefault(name, {})[rt] = float(scores.median())
+    return out
+
+
+def plot_pareto(models: list[Model], figures: dict[str, Any], path: Path,
+                latency: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     meta = figures["_meta"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for ax, key in zip(axes, (meta["fid_name"], meta["lpips_name"]), strict=True):
+    by_runtime = (latency or {}).get("psnr_by_runtime") or {}
+    fig, axes = plt.subplots(1, 3 if by_runtime else 2, figsize=(16.5 if by_runtime else 11, 4.2),
+                             dpi=110)
+    if by_runtime:
+        plot_latency_quality(axes[2], models, latency)
+    for ax, key in zip(axes[:2], (meta["fid_name"], meta["lpips_name"]), strict=True):
         for kind, style in (("uniform", "s--"), ("searched", "*")):
             pts = sorted((m.gmacs, figures[m.name][key]) for m in models if m.kind == kind)
             if pts:
@@ -298,6 +333,28 @@ def plot_pareto(models: list[Model], figures: dict[str, Any], path: Path) -> Non
     plt.close(fig)
 
 
+def plot_latency_quality(ax, models: list[Model], latency: dict[str, Any]) -> None:
+    """Batch-1 latency vs median PSNR to the teacher, each file as its runtime runs it:
+    one colour per runtime, hollow markers for int8."""
+    by_runtime = latency["psnr_by_runtime"]
+    for i, rt in enumerate(r for r in latency["runtimes"] if r != "pytorch"):
+        pts = [(latency["models"][m.name][rt]["batch_1"]["median_ms"], by_runtime[m.name][rt], m.name)
+               for m in models if m.kind != "teacher" and rt in by_runtime.get(m.name, {})
+               and "batch_1" in latency["models"].get(m.name, {}).get(rt, {})]
+        if not pts:
+            continue
+        colour = f"C{i}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=7, label=rt, color=colour,
+                mfc="none" if rt.endswith("-int8") else colour)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, batch 1 (ms, log scale)")
+    ax.set_ylabel(f"PSNR to the teacher (dB, median of {latency.get('quality_samples')} latents)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def metrics_json(models: list[Model], figures: dict[str, Any], latency: dict[str, Any] | None,
                  ratio: dict[str, Any] | None) -> dict[str, Any]:
     """metrics/evaluate.json: numbers only (strings live in the report)."""
@@ -309,6 +366,8 @@ def metrics_json(models: list[Model], figures: dict[str, Any], latency: dict[str
     if latency:
         for m in models:
             out["models"][m.name]["latency"] = latency["models"].get(m.name, {})
+            if m.name in latency.get("psnr_by_runtime", {}):
+                out["models"][m.name]["psnr_by_runtime"] = latency["psnr_by_runtime"][m.name]
         out["peak_gmacs"] = latency.get("peak_gmacs")
         out["threads"] = latency.get("threads")
     if ratio:
@@ -462,8 +521,15 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     latency = ratio = None
     if cfg.latency.enabled:
         from ..bench import evaluate_latency
+        from ..export.quantize import latent_inputs
 
-        latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench")
+        # int8 runtimes calibrate on the styles this stage measures quality on
+        calibration = latent_inputs(teacher, 16, cfg.seed, cfg.truncation_psi)["wplus"]
+        latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench",
+                                          calibration=calibration)
+        if cfg.latency.quality_samples:
+            latency["psnr_by_runtime"] = runtime_psnr(latency["files"], teacher, cfg)
+            latency["quality_samples"] = cfg.latency.quality_samples
     ops = None
     if cfg.latency.enabled and cfg.latency.profile:
         from ..bench.profile import profile
@@ -482,7 +548,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     with atomic_dir(out_dir) as tmp:
         save_grid(grid_image(models, samples), tmp / "grid.png",
                   nrow=sum(m.kind != "uniform" for m in models))
-        plot_pareto(models, figures, tmp / "pareto.png")
+        plot_pareto(models, figures, tmp / "pareto.png", latency)
         (tmp / "report.md").write_text(report(models, figures, latency, ratio, context,
                                               since_last_run(comparison, headline(NAME, metrics)),
                                               ops))

@@ -4,6 +4,7 @@ format, each file checked against PyTorch, a card per model.
     student (EMA) + teacher (W+ layout, fixed noise, mapping) + search configs
       -> per model: sub-network (physically sliced) -> ExportModel per input variant
       -> ONNX / ExecuTorch / Core ML, fp32 and fp16 -> parity -> card
+      -> int8 ONNX / ExecuTorch of the primary variant -> vs its fp32 file -> gate
       -> export/<model>/ swapped in atomically, or nothing when any check fails
 
 Without ``configs.json`` (no search stage run) only ``full`` is exported.
@@ -29,7 +30,16 @@ from ..checkpoints.project import load_student
 from ..errors import PipelineError
 from ..export import card as cards
 from ..export.formats import FORMATS, RUNNERS, SUFFIX, Format, export, unavailable
-from ..export.graph import InputKind, build, reference
+from ..export.graph import ExportModel, InputKind, build, reference
+from ..export.quantize import (
+    check_calibration,
+    int8_quality,
+    latent_inputs,
+    quantize_onnx,
+    quantize_pte,
+    speedup,
+)
+from ..export.quantize import unavailable as int8_unavailable
 from ..export.registry import model_name, register_onnx
 from ..io import atomic_dir, sha256_file
 from ..metrics.networks import lpips_network
@@ -44,6 +54,7 @@ log = logging.getLogger(__name__)
 NAME = "export"
 SHARED = ("metric_networks", "evaluate.regression")  # tolerances of the parity verdict
 FULL = "full"
+INT8_QUALITY = ("lpips", "lpips_max", "psnr", "psnr_min")  # of quantize.int8_quality
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -158,8 +169,11 @@ def _to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> tor
 
 
 def export_model(spec: ModelSpec, teacher: Generator, cfg: Export, formats: list[Format],
-                 folder: Path, lpips: LPIPS, inputs: dict[InputKind, torch.Tensor]) -> list[dict[str, Any]]:
-    """Write and check every file of one model; returns one record per file."""
+                 folder: Path, lpips: LPIPS, inputs: dict[InputKind, torch.Tensor],
+                 int8_formats: list[Format] = (), int8_inputs: torch.Tensor | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Write and check every file of one model (and its int8 files in ``int8_formats``,
+    calibrated and measured on ``int8_inputs``); returns one record per file."""
     folder.mkdir(parents=True)
     records = []
     for kind in cfg.inputs:
@@ -192,6 +206,55 @@ def export_model(spec: ModelSpec, teacher: Generator, cfg: Export, formats: list
                 else:
                     record["checked_by"] = "coremltools spec validation (no prediction off macOS)"
                 records.append(record)
+        if kind == cfg.inputs[0] and int8_inputs is not None:
+            records += export_int8(spec.name, model, cfg, int8_formats, folder, lpips, int8_inputs)
+    return records
+
+
+def export_int8(name: str, model: ExportModel, cfg: Export, formats: list[Format], folder: Path,
+                lpips: LPIPS, inputs: torch.Tensor) -> list[dict[str, Any]]:
+    """int8 files of the primary input variant, calibrated on the first inputs and measured
+    against the fp32 file in the same runtime on the others (quality, batch-1 speed-up).
+    A file over the gate (``export.int8.max_lpips``, ``min_psnr``) is deleted: not published."""
+    q, kind = cfg.int8, model.kind
+    calibration, held_out = inputs[: q.calibration_samples], inputs[q.calibration_samples :]
+    records = []
+    for fmt in formats:
+        fp32_path, path = folder / f"{kind}{SUFFIX[fmt]}", folder / f"{kind}.int8{SUFFIX[fmt]}"
+        log.info("%s: writing %s", name, path.name)
+        start = time.perf_counter()
+        try:
+            facts = (quantize_pte(model, path, calibration) if fmt == "pte"
+                     else quantize_onnx(fp32_path, path, calibration, kind))
+            seconds = round(time.perf_counter() - start, 2)
+            run = RUNNERS[fmt]
+            quality = int8_quality(run(fp32_path, held_out, cfg.parity.batch_size),
+                                   run(path, held_out, cfg.parity.batch_size), lpips,
+                                   cfg.output_range, cfg.parity.batch_size)
+            speed = speedup(fmt, fp32_path, path, held_out, q.threads, q.repeats)
+        except PipelineError:
+            raise
+        except Exception as e:  # a quantizer's or runtime's own failure: name the file
+            raise ExportError(f"{name}/{path.name}: int8 {fmt} quantization failed: "
+                              f"{type(e).__name__}: {e}") from e
+        over = []
+        if not quality["lpips"] <= q.max_lpips:
+            over.append(f"LPIPS {quality['lpips']:.4f} is over export.int8.max_lpips "
+                        f"{q.max_lpips:g} by {quality['lpips'] - q.max_lpips:.4f}")
+        if not quality["psnr"] >= q.min_psnr:
+            over.append(f"median PSNR {quality['psnr']:.2f} dB is under export.int8.min_psnr "
+                        f"{q.min_psnr:g} by {q.min_psnr - quality['psnr']:.2f} dB")
+        published = not over
+        runtime = "onnxruntime" if fmt == "onnx" else "executorch.runtime"
+        records.append({
+            "path": path.name, "format": fmt, "input": kind, "precision": "int8",
+            "bytes": cards.artifact_bytes(path), "export_seconds": seconds, **facts,
+            **{f"{k}_to_fp32": v for k, v in quality.items()}, **speed, "published": published,
+            "checked_by": f"{runtime}: against {fp32_path.name} on {len(held_out)} other inputs"})
+        if not published:
+            log.warning("%s/%s not published: against %s, %s (the fp32 files are published)",
+                        name, path.name, fp32_path.name, "; ".join(over))
+            path.unlink()
     return records
 
 
@@ -294,11 +357,18 @@ def evaluate_figures(path: Path | None, name: str) -> dict[str, Any] | None:
 def summary(records: list[dict[str, Any]], primary: InputKind, lpips_name: str) -> dict[str, Any]:
     """metrics/export.json's entry of a model: the primary variant's fp32 figures per format
     (``<format>_max_abs_err``, ``_<lpips name>``, ``_bytes``), then every file's under
-    ``variants``."""
+    ``variants``; int8 files: ``<format>_int8_lpips`` (mean LPIPS to the fp32 file),
+    ``_lpips_max``, ``_psnr`` (median dB), ``_psnr_min``, ``_speedup``, ``_bytes``, ``_published``."""
     out: dict[str, Any] = {}
     variants: dict[str, dict[str, float]] = {}
     for r in records:
-        fmt, key = r["format"], r["input"] + ("_fp16" if r["precision"] == "fp16" else "")
+        fmt = r["format"]
+        if r["precision"] == "int8":  # the primary variant's only
+            out.update({f"{fmt}_int8_{k}": r[f"{k}_to_fp32"] for k in INT8_QUALITY},
+                       **{f"{fmt}_int8_speedup": r["speedup"], f"{fmt}_int8_bytes": r["bytes"],
+                          f"{fmt}_int8_published": int(r["published"])})
+            continue
+        key = r["input"] + ("_fp16" if r["precision"] == "fp16" else "")
         figures = {f"{fmt}_bytes": r["bytes"]}
         if "max_abs_err" in r:
             figures.update({f"{fmt}_max_abs_err": r["max_abs_err"], f"{fmt}_{lpips_name}": r["lpips"]})
@@ -324,6 +394,21 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     if not formats:
         raise ExportError(f"none of the export formats {cfg.formats} can be produced here: "
                           + "; ".join(skipped.values()))
+    int8_formats, int8_inputs = [], None
+    for fmt in cfg.int8.formats:
+        if fmt not in formats:  # not asked for, or not producible (said above)
+            continue
+        if why := int8_unavailable(fmt):
+            skipped[f"{fmt}-int8"] = why
+            log.warning("int8 variant not produced: %s", why)
+        else:
+            int8_formats.append(fmt)
+    if int8_formats:  # checked before any export starts
+        q = cfg.int8
+        int8_inputs = latent_inputs(teacher, q.calibration_samples + q.eval_samples, q.seed,
+                                    q.truncation_psi)[cfg.inputs[0]]
+        check_calibration(int8_inputs[: q.calibration_samples], "export.int8 (calibration_samples, "
+                          "truncation_psi)")
     lpips = lpips_network(params.metric_networks, cfg.lpips, ctx.cache_dir)
     inputs = parity_inputs(teacher, cfg)
     source = {"student": str(student_path), "student_sha256": sha256_file(student_path),
@@ -331,13 +416,14 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     if configs_path is not None and configs_path.is_file():
         source.update(search_configs=str(configs_path), search_configs_sha256=sha256_file(configs_path))
     models: dict[str, Any] = {}
-    per_model = len(cfg.inputs) * (2 if cfg.fp16 else 1) * len(formats)
+    per_model = len(cfg.inputs) * (2 if cfg.fp16 else 1) * len(formats) + len(int8_formats)
     usage.announce("export", f"{len(specs)} model(s) x {per_model} files at "
                    f"{student.cfg.resolution}x{student.cfg.resolution}, each checked on "
                    f"{cfg.parity.samples} samples ({cfg.parity.batch_size} at a time)")
     with atomic_dir(out_dir) as tmp:
         for spec in specs:
-            records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs)
+            records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs,
+                                   int8_formats, int8_inputs)
             evaluate = evaluate_figures(evaluate_path, spec.name)
             card = model_card(spec, teacher, cfg, records, skipped, evaluate, lpips, source)
             cards.write_card(tmp / spec.name, card)

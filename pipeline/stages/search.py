@@ -1,11 +1,16 @@
 """search: Anycost GAN's evolutionary search of sub-network configurations
-(per-layer widths and output resolution) of the distilled student under MAC budgets.
+(per-layer widths and output resolution) of the distilled student under MAC or latency
+budgets.
 
-    budgets (params) -> MACs, checked against the smallest and the full network
+    budgets (params) -> MACs or ms in a runtime, checked against the smallest network
+    (latency: predicted by pipeline.bench.latency's model, measured here and cached, or
+     a table measured on the target device)
     per budget: uniform-ratio baseline (the widest uniform sub-network that fits)
                 -> evolution seeded with it (elitist, so never worse), only candidates
                    within budget are ever created -> best configuration
-    -> artifacts/search/configs.json, pareto.png, metrics/search.json, plots/search/*.csv
+    latency budgets: the best and uniform configurations exported and measured; the
+                MAC-budget search at the uniform configuration's MACs, for comparison
+    -> artifacts/search/configs.json, pareto*.png, metrics/search.json, plots/search/*.csv
 
 Fitness of a candidate: LPIPS (``search.lpips`` backbone, named ``lpips_<net>``) or
 MSE between the sub-network's images and the reference's (the full student: Anycost's
@@ -13,6 +18,11 @@ consistency; or the teacher) on fixed latents and noise, through the same path a
 distill's validation and evaluate (pipeline.metrics.fixed_latents: a lower-resolution
 output is up-sampled to full size). Distances to both references are recorded. MACs are pipeline.cost's physical count
 of the folded inference network.
+
+The comparison of a latency budget (``macs_search_*``): a MAC-budget search whose budget
+is the MACs of the latency budget's uniform baseline (what uniform channel reduction, the
+MAC-minded choice, needs to reach that latency): its best configuration's fitness and
+predicted latency beside the latency search's.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +40,7 @@ from typing import Any
 import torch
 
 from .. import usage
+from ..bench import latency as lat
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..cost import count_student
@@ -38,7 +51,7 @@ from ..metrics.networks import lpips_network
 from ..metrics.perceptual import LPIPS
 from ..models.elastic import output_resolutions, quantize, subnet, uniform_widths
 from ..models.mobile import MobileSynthesis, StudentConfig
-from ..params import Evolution, Params, Search, parse_macs
+from ..params import Evolution, LatencyBudget, Params, Search, SearchLatency, parse_budget
 from . import Context, StageResult, option, stand_ins
 
 log = logging.getLogger(__name__)
@@ -46,6 +59,20 @@ NAME = "search"
 SHARED = ("metric_networks",)
 CONFIGS_FILE = "configs.json"
 UNIFORM_STEPS = 64  # the uniform baseline tries ratios k/64
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: MACs, or predicted ms in ``latency.model``'s latency model."""
+
+    name: str
+    limit: float  # MACs or ms
+    latency: LatencyBudget | None = None
+
+    @property
+    def text(self) -> str:
+        return (f"{self.limit:g} ms on {self.latency.model}" if self.latency
+                else f"{int(self.limit):,} MACs")
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,17 @@ class Space:
         if min_resolution and min_resolution > cfg.resolution:
             raise ParamsError(f"search.min_resolution ({min_resolution}) is above the "
                               f"student's {cfg.resolution}x{cfg.resolution} output")
+        self.latency: dict[str, lat.LatencyModel] = {}  # by LatencyBudget.model
+
+    def latency_ms(self, c: Candidate, model: str) -> float:
+        return self.latency[model].predict(c.widths, c.resolution)
+
+    def spend(self, c: Candidate, budget: Budget) -> float:
+        """What ``c`` costs in the budget's terms: MACs or predicted ms."""
+        return self.latency_ms(c, budget.latency.model) if budget.latency else self.cost(c)[0]
+
+    def within(self, c: Candidate, budget: Budget) -> bool:
+        return self.spend(c, budget) <= budget.limit
 
     def cost(self, c: Candidate) -> tuple[int, int]:
         """(MACs, params) of the folded inference sub-network."""
@@ -150,48 +188,120 @@ class Evaluator:
 
 
 @dataclass
+class Measured:
+    """A latency budget's configurations exported and timed in its runtime (batch 1)."""
+
+    best_ms: float
+    uniform_ms: float
+
+
+@dataclass
 class BudgetResult:
     name: str
-    budget_macs: int
+    budget: Budget
     best: Scored
     uniform: Scored
     uniform_ratio: float
     trivial: bool  # the budget admits the full network: no search was needed
     history: list[float] = field(default_factory=list)  # best fitness per generation
     evaluated: list[Scored] = field(default_factory=list)
+    measured: Measured | None = None  # latency budgets
+    macs_search: BudgetResult | None = None  # latency budgets: the MAC search compared
+
+    @property
+    def budget_macs(self) -> int | None:
+        return None if self.budget.latency else int(self.budget.limit)
 
 
-def resolve_budgets(budgets: dict[str, Any], space: Space) -> dict[str, int]:
-    """Budget name -> MACs; one below the smallest sub-network is an error (before searching)."""
+def resolve_budgets(budgets: dict[str, Any], space: Space) -> dict[str, Budget]:
+    """Budget name -> Budget; one below the smallest sub-network is an error (before
+    searching). Latency budgets need their models in ``space.latency``."""
     full_macs, _ = space.cost(space.full)
     min_macs, _ = space.cost(space.smallest)
+    r = space.resolutions[0]
     out = {}
     for name, value in budgets.items():
-        macs = parse_macs(value)
-        macs = int(macs * full_macs) if isinstance(macs, float) else macs
+        spec = parse_budget(value)
+        if isinstance(spec, LatencyBudget):
+            least = space.latency_ms(space.smallest, spec.model)
+            if spec.ms < least:
+                full_ms = space.latency_ms(space.full, spec.model)
+                raise ParamsError(
+                    f"search.budgets.{name}: {value!r} is below the smallest sub-network's "
+                    f"predicted latency in {spec.model} ({least:.3f} ms: every layer at its "
+                    f"smallest ratio, {r}x{r} output); the full student's is {full_ms:.3f} ms")
+            out[name] = Budget(name, spec.ms, spec)
+            continue
+        macs = int(spec * full_macs) if isinstance(spec, float) else spec
         if macs < min_macs:
-            r = space.resolutions[0]
             raise ParamsError(
                 f"search.budgets.{name}: {value!r} = {macs:,} MACs is below the smallest "
                 f"sub-network of this student ({min_macs:,} MACs: every layer at its smallest "
                 f"ratio, {r}x{r} output); the full student has {full_macs:,}")
-        out[name] = macs
+        out[name] = Budget(name, macs)
     return out
 
 
-def uniform_baseline(space: Space, budget: int) -> tuple[Candidate, float]:
+def latency_models(space: Space, cfg: SearchLatency, budgets: dict[str, Any],
+                   cache_dir: Path | None) -> dict[str, lat.LatencyModel]:
+    """The latency model of every runtime a budget names: a table given in
+    ``search.latency.tables`` (checked against this student), or measured here (cached).
+    Runtimes not installed here, and int8 budgets, fail first."""
+    specs = {name: s for name, v in budgets.items() if isinstance(s := parse_budget(v), LatencyBudget)}
+    for name, spec in specs.items():
+        why = lat.check_installed(spec.runtime)
+        if why:
+            raise ParamsError(f"search.budgets.{name}: {spec.runtime} is not installed here ({why})")
+        if spec.precision != "fp32" and spec.model not in cfg.tables:
+            raise ParamsError(f"search.budgets.{name}: int8 latency budgets are not measured "
+                              f"here yet (per-layer int8 tables need pipeline.export.quantize); "
+                              f"give a table for {spec.model} in search.latency.tables")
+    unused = sorted(set(cfg.tables) - {s.model for s in specs.values()})
+    if unused:
+        raise ParamsError(f"search.latency.tables: no latency budget names {', '.join(unused)}")
+    resolutions = list(space.resolutions)
+    models = {}
+    for model in dict.fromkeys(s.model for s in specs.values()):
+        spec = next(s for s in specs.values() if s.model == model)
+        if model in cfg.tables:
+            where = f"search.latency.tables.{model}"
+            table = lat.load_table(cfg.tables[model], where)
+            lat.check_table(table, space.cfg, space.choices, resolutions, spec.runtime,
+                            spec.precision, where)
+            models[model] = table
+            continue
+
+        def build(spec: LatencyBudget = spec) -> lat.LatencyModel:
+            return lat.build_model(space.cfg, space.choices, resolutions, spec.runtime,
+                                   cfg.threads, cfg.grid, cfg.holdout, cfg.repeats, cfg.seed)
+
+        if cache_dir is None:
+            models[model] = build()
+            continue
+        key = lat.cache_key(space.cfg, space.choices, resolutions, spec.runtime, spec.precision,
+                            cfg.threads, cfg.grid, cfg.holdout, cfg.repeats, cfg.seed)
+        models[model], cached = lat.cached_model(cache_dir, key, build)
+        log.info("latency model %s: %s", model, "cached" if cached else "measured")
+    return models
+
+
+def uniform_baseline(space: Space, budget: Budget) -> tuple[Candidate, float]:
     """The widest uniform-ratio sub-network within budget, at the highest output resolution
     where one fits (Anycost's uniform channel reduction)."""
     for res in reversed(space.resolutions):
         for k in range(UNIFORM_STEPS, 0, -1):
             c = space.uniform(k / UNIFORM_STEPS, res)
-            if space.cost(c)[0] <= budget:
+            narrower = any(w < ch[0] for w, ch in zip(c.widths, space.choices, strict=True))
+            if budget.latency and narrower:  # outside the latency table (and the search)
+                break
+            if space.within(c, budget):
                 return c, k / UNIFORM_STEPS
-    # Unreachable after resolve_budgets: ratio 1/64 is narrower than the smallest candidate.
-    raise PipelineError(f"no uniform sub-network fits {budget:,} MACs")
+    # MACs: unreachable after resolve_budgets (ratio 1/64 is narrower than the smallest
+    # candidate); latency: the smallest candidate may be predicted within it, no uniform one.
+    return space.smallest, 0.0
 
 
-def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget: int,
+def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget: Budget,
            seeds: list[Candidate], evo: Evolution, rng: random.Random,
            on_generation: Callable[[int, Scored], None] | None = None) -> list[Scored]:
     """Elitist evolution among candidates within ``budget``; returns the final population,
@@ -200,7 +310,7 @@ def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget:
     def feasible(make: Callable[[], Candidate], fallback: Candidate) -> Candidate:
         for _ in range(100):  # rejection sampling: over-budget children are never created
             c = make()
-            if space.cost(c)[0] <= budget:
+            if space.within(c, budget):
                 return c
         return fallback
 
@@ -229,7 +339,7 @@ def evolve(space: Space, score: Callable[[Candidate], Scored], key: str, budget:
     return ranked
 
 
-def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cfg: Search,
+def search_budget(name: str, budget: Budget, space: Space, evaluator: Evaluator, cfg: Search,
                   progress: bool = True,
                   on_generation: Callable[[int, Scored], None] | None = None) -> BudgetResult:
     key = key_of(cfg, evaluator.lpips)
@@ -241,7 +351,7 @@ def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cf
             scored[c] = Scored(c, macs, params, evaluator(c))
         return scored[c]
 
-    if space.cost(space.full)[0] <= budget:  # trivially satisfied: the full network fits
+    if space.within(space.full, budget):  # trivially satisfied: the full network fits
         full = score(space.full)
         return BudgetResult(name, budget, full, full, 1.0, True, [full.distances[key]], [full])
     uniform, ratio = uniform_baseline(space, budget)
@@ -251,7 +361,9 @@ def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cf
 
     def generation(gen: int, best: Scored) -> None:
         history.append(best.distances[key])
-        bar.update(1, **{key: f"{best.distances[key]:.4f}", "GMAC": f"{best.macs / 1e9:.3f}"})
+        cost = (f"{space.spend(best.candidate, budget):.3f} ms" if budget.latency
+                else f"{best.macs / 1e9:.3f} GMAC")
+        bar.update(1, **{key: f"{best.distances[key]:.4f}", "cost": cost})
         if on_generation:
             on_generation(gen, best)
 
@@ -264,9 +376,11 @@ def search_budget(name: str, budget: int, space: Space, evaluator: Evaluator, cf
 def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
                device: torch.device, progress: bool = True,
                on_generation: Callable[[str, int, Scored], None] | None = None,
-               ) -> tuple[Space, Scored, list[BudgetResult]]:
-    """Every budget of ``cfg``; budgets are checked before any search starts."""
+               cache_dir: Path | None = None) -> tuple[Space, Scored, list[BudgetResult]]:
+    """Every budget of ``cfg``; budgets (and latency models) are checked before any search
+    starts. Latency models are cached under ``cache_dir`` (None: measured afresh)."""
     space = Space(student.cfg, cfg.ratios, cfg.min_resolution)
+    space.latency = latency_models(space, cfg.latency, cfg.budgets, cache_dir)
     budgets = resolve_budgets(cfg.budgets, space)
     evaluator = Evaluator(student, teacher, lpips, cfg, device)
     full_macs, full_params = space.cost(space.full)
@@ -278,21 +392,57 @@ def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
                    f"{evo.generations} candidates, {cfg.num_samples} samples each at {r}x{r} "
                    f"on {torch.device(device).type}", most * seconds,
                    f"at most: the full student's scoring took {usage.duration(seconds)}")
-    results = [search_budget(name, macs, space, evaluator, cfg, progress,
+    results = [search_budget(name, budget, space, evaluator, cfg, progress,
                              (lambda g, s, name=name: on_generation(name, g, s))
                              if on_generation else None)
-               for name, macs in budgets.items()]
+               for name, budget in budgets.items()]
+    for r in results:
+        if r.budget.latency:
+            r.macs_search = search_budget(f"{r.name}~macs", Budget(r.name, r.uniform.macs), space,
+                                          evaluator, cfg, progress)
+            r.measured = measure_latency(student, teacher, r, cfg.latency)
     return space, full, results
 
 
+def measure_latency(student: MobileSynthesis, teacher, r: BudgetResult,
+                    cfg: SearchLatency) -> Measured:
+    """The best and uniform configurations exported (pipeline.export.graph) and timed in the
+    budget's runtime, batch 1, ``cfg.threads`` threads."""
+    spec, start = r.budget.latency, time.perf_counter()
+    configs = [(c.widths, c.resolution) for c in (r.best.candidate, r.uniform.candidate)]
+    with tempfile.TemporaryDirectory(prefix="search-latency-") as tmp:
+        best, uniform = lat.measure_configs(student, teacher, configs, spec.runtime, cfg.threads,
+                                            cfg.repeats, Path(tmp))
+    log.info("budget %s: exported and measured in %s (%.0f s)", r.name, spec.runtime,
+             time.perf_counter() - start)
+    return Measured(best, uniform)
+
+
 # -- outputs -------------------------------------------------------------------------
-def budget_metrics(r: BudgetResult, key: str) -> dict[str, Any]:
+def budget_metrics(r: BudgetResult, key: str, space: Space) -> dict[str, Any]:
     """metrics/search.json's entry for one budget: the searched configuration's cost and
-    distances, the uniform baseline's under ``uniform_``, and the fitness gain."""
+    distances, the uniform baseline's under ``uniform_``, and the fitness gain; a latency
+    budget's predicted and measured ms, and the MAC search's fitness beside it."""
     b, u = r.best, r.uniform
     gain = u.distances[key] - b.distances[key]
+    spec = r.budget.latency
+    if spec and r.measured and r.macs_search:
+        m = r.macs_search.best
+        cost: dict[str, Any] = {
+            "budget_ms": spec.ms, "runtime": spec.runtime, "precision": spec.precision,
+            "latency_ms_predicted": space.latency_ms(b.candidate, spec.model),
+            "latency_ms_measured": r.measured.best_ms,
+            "within_budget": int(r.measured.best_ms <= spec.ms),
+            "fitness": b.distances[key],
+            "uniform_latency_ms_predicted": space.latency_ms(u.candidate, spec.model),
+            "uniform_latency_ms_measured": r.measured.uniform_ms,
+            "macs_search_budget_macs": u.macs, "macs_search_macs": m.macs,
+            "macs_search_fitness": m.distances[key],
+            "macs_search_latency_ms_predicted": space.latency_ms(m.candidate, spec.model)}
+    else:
+        cost = {"budget_macs": r.budget_macs}
     return {
-        "budget_macs": r.budget_macs, "macs": b.macs, "params": b.params,
+        **cost, "macs": b.macs, "params": b.params,
         "resolution": b.candidate.resolution, **b.distances,
         "uniform_macs": u.macs, **{f"uniform_{k}": v for k, v in u.distances.items()},
         "fitness_gain": gain,
@@ -311,20 +461,39 @@ def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: 
         "fitness": {"metric": cfg.fitness, "reference": cfg.reference, "key": key,
                     "lpips_network": lpips.name},
         "full": full.row(),
-        "budgets": {r.name: {**r.best.row(), "budget_macs": r.budget_macs, "trivial": r.trivial,
+        "budgets": {r.name: {**r.best.row(), **budget_entry(r), "trivial": r.trivial,
                              "uniform": {**r.uniform.row(), "ratio": r.uniform_ratio},
                              "best_fitness_per_generation": r.history}
                     for r in results},
     }
-    metrics = {"budgets": {r.name: budget_metrics(r, key) for r in results},
+    metrics = {"budgets": {r.name: budget_metrics(r, key, space) for r in results},
                "full": {"macs": full.macs, "params": full.params,
                         **{k: v for k, v in full.distances.items() if k.endswith("_teacher")}},
                "stand_in_lpips": int(lpips.stand_in)}
+    if space.latency:
+        metrics["latency_model"] = {
+            name: {"median_abs_err": m.check["median_abs_err"], "max_abs_err": m.check["max_abs_err"],
+                   "table_seconds": m.seconds}
+            for name, m in space.latency.items()}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / CONFIGS_FILE, configs)
         plot_pareto(space, full, results, key, tmp / "pareto.png")
+        for runtime in sorted({r.budget.latency.model for r in results if r.budget.latency}):
+            plot_latency_pareto([r for r in results if r.budget.latency
+                                 and r.budget.latency.model == runtime], runtime, key,
+                                tmp / f"pareto_latency_{runtime}.png")
     write_pareto_csv(results, lpips.name, plots_dir / "pareto.csv")
     return metrics
+
+
+def budget_entry(r: BudgetResult) -> dict[str, Any]:
+    """configs.json's budget fields: its MACs, or its ms, runtime and measured latencies."""
+    spec = r.budget.latency
+    if not spec:
+        return {"budget_macs": r.budget_macs}
+    return {"budget_ms": spec.ms, "runtime": spec.runtime, "precision": spec.precision,
+            **({"latency_ms_measured": r.measured.best_ms,
+                "uniform_latency_ms_measured": r.measured.uniform_ms} if r.measured else {})}
 
 
 def write_pareto_csv(results: list[BudgetResult], lpips_name: str, path: Path) -> None:
@@ -361,12 +530,44 @@ def plot_pareto(space: Space, full: Scored, results: list[BudgetResult], key: st
         ax.plot(r.best.macs / 1e9, r.best.distances[key], "*", ms=13, c="tab:red")
         ax.annotate(r.name, (r.best.macs / 1e9, r.best.distances[key]),
                     textcoords="offset points", xytext=(5, 5))
-        ax.axvline(r.budget_macs / 1e9, c="tab:red", lw=0.6, ls=":")
+        if r.budget_macs is not None:
+            ax.axvline(r.budget_macs / 1e9, c="tab:red", lw=0.6, ls=":")
     ax.plot([], [], "*", c="tab:red", ms=13, label="searched (budget: dotted)")
     ax.plot(full.macs / 1e9, full.distances[key], "o", c="k", label="full student")
     ax.set_xlabel("GMACs (physical, pipeline.cost)")
     ax.set_ylabel(f"{key} (lower is better)")
     ax.set_title("Student sub-networks: cost vs distance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_latency_pareto(results: list[BudgetResult], runtime: str, key: str, path: Path) -> None:
+    """Measured latency in ``runtime`` vs distance: searched and uniform configurations of
+    its latency budgets (budgets dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in results:
+        if not r.measured:
+            continue
+        ax.plot(r.measured.uniform_ms, r.uniform.distances[key], "s", c="tab:blue")
+        ax.plot(r.measured.best_ms, r.best.distances[key], "*", ms=13, c="tab:red")
+        ax.plot([r.measured.uniform_ms, r.measured.best_ms],
+                [r.uniform.distances[key], r.best.distances[key]], c="0.6", lw=0.6)
+        ax.annotate(r.name, (r.measured.best_ms, r.best.distances[key]),
+                    textcoords="offset points", xytext=(5, 5))
+        ax.axvline(r.budget.limit, c="tab:red", lw=0.6, ls=":")
+    ax.plot([], [], "s", c="tab:blue", label="uniform channel ratio (baseline)")
+    ax.plot([], [], "*", c="tab:red", ms=13, label="searched (budget: dotted)")
+    ax.set_xlabel(f"measured latency, ms ({runtime}, batch 1)")
+    ax.set_ylabel(f"{key} (lower is better)")
+    ax.set_title(f"Latency budgets in {runtime}: measured latency vs distance")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -393,12 +594,17 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                                      f"best_gmacs/{name}": best.macs / 1e9}, step=gen)
 
     space, full, results = search_all(student, teacher, lpips, cfg, device, ctx.progress,
-                                      on_generation)
+                                      on_generation, ctx.cache_dir)
     metrics = write_outputs(space, full, results, cfg, lpips, Path(paths.out), Path(paths.plots),
                             sha256_file(paths.student))
     for r in results:
-        log.info("budget %s: %.3f GMAC (budget %.3f), %s %.4f vs uniform %.4f at %.3f GMAC",
-                 r.name, r.best.macs / 1e9, r.budget_macs / 1e9, key, r.best.distances[key],
+        log.info("budget %s (%s): %.3f GMAC, %s %.4f vs uniform %.4f at %.3f GMAC", r.name,
+                 r.budget.text, r.best.macs / 1e9, key, r.best.distances[key],
                  r.uniform.distances[key], r.uniform.macs / 1e9)
+        if r.measured and r.macs_search:
+            log.info("budget %s: measured %.3f ms (uniform %.3f ms); the MAC search at the "
+                     "uniform's %.3f GMAC: %s %.4f", r.name, r.measured.best_ms,
+                     r.measured.uniform_ms, r.uniform.macs / 1e9, key,
+                     r.macs_search.best.distances[key])
     return StageResult(metrics, {paths.out: NAME, paths.plots: NAME},
                        {"lpips_network": lpips.name}, stand_ins(lpips))

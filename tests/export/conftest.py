@@ -49,3 +49,10 @@ def export_files(tmp_path, tiny_teacher, tiny_student):
     save_student(tiny_student, student, {"ema": "true", "steps": "8"})
     save_teacher(tiny_teacher, teacher)
     return student, teacher
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, mlflow_uri):
+    """The export component's working directory, with its own MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -17,7 +17,7 @@ CONTRACT = {"onnx_max_abs_err", "pte_max_abs_err", "onnx_bytes", "pte_bytes"}
 
 def export_params(**overrides) -> dict:
     cfg = {"formats": ["onnx", "pte", "coreml"], "inputs": ["wplus"], "fp16": False,
-           "parity": {"samples": 2}, "lpips": "alex",
+           "parity": {"samples": 2}, "lpips": "alex", "int8": {"formats": []},
            "registry": {"name": "tiny-student"}}
     for key, value in overrides.items():
         if isinstance(value, dict):
@@ -25,12 +25,6 @@ def export_params(**overrides) -> dict:
         else:
             cfg[key] = value
     return {**tiny_params(), "export": cfg}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, mlflow_uri):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run(workdir, files, params: dict, search: dict | None = None) -> int:

@@ -1,0 +1,176 @@
+"""int8 students: post-training static quantization of an exported network, calibrated
+on the inputs an app would feed it.
+
+* ``pte``: PT2E (``torch.export`` -> ``prepare_pt2e`` with XNNPACK's quantizer, symmetric
+  int8 with per-channel weights -> calibration -> ``convert_pt2e``), lowered with the
+  XNNPACK delegate like the fp32 program; batch 1.
+* ``onnx``: ``onnxruntime.quantization.quantize_static`` of the fp32 ``.onnx`` file in QDQ
+  form (per-channel int8 weights, uint8 activations, MinMax calibration); dynamic batch.
+
+Calibration inputs (:func:`latent_inputs`) are of the model's input kind, drawn from the
+teacher's mapping network with a truncation: ``z`` itself, its ``w``, or a W+ that mixes
+two styles. A set whose inputs are all the same (truncation 0 maps every latent to
+``w_avg``) gives every activation a zero range: it is refused, not quantized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import PipelineError
+from ..models.stylegan2 import Generator
+from .formats import Format, _quiet, pte_facts
+from .graph import ExportModel, InputKind
+
+INT8_FORMATS: tuple[Format, ...] = ("onnx", "pte")
+_NEEDS = {
+    "onnx": ("onnx", "onnxruntime.quantization"),
+    "pte": ("torchao.quantization.pt2e.quantize_pt2e",
+            "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
+            "executorch.backends.xnnpack.partition.xnnpack_partitioner"),
+}
+
+
+class CalibrationError(PipelineError):
+    """A calibration set that cannot quantize a network (empty, degenerate, not finite)."""
+
+
+def unavailable(fmt: Format) -> str | None:
+    """Why int8 ``fmt`` cannot be produced here, or None when it can."""
+    if fmt not in _NEEDS:
+        return f"int8 {fmt}: no int8 quantization for this format (int8 formats: {list(INT8_FORMATS)})"
+    for module in _NEEDS[fmt]:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or a native library that fails to load
+            return f"int8 {fmt}: {module} is not usable here ({type(e).__name__}: {e})"
+    return None
+
+
+@torch.no_grad()
+def latent_inputs(teacher: Generator, n: int, seed: int, truncation_psi: float) -> dict[InputKind, torch.Tensor]:
+    """``n`` inputs of each kind from one seed: z, its truncated w, and a W+ that mixes two
+    styles at the middle entry (so every layer's entry matters)."""
+    g = torch.Generator().manual_seed(seed)
+    d = teacher.cfg.style_dim
+    z, z_mix = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    w = teacher.truncate(teacher.mapping(z), truncation_psi)
+    w_mix = teacher.truncate(teacher.mapping(z_mix), truncation_psi)
+    return {"z": z, "w": w, "wplus": teacher.broadcast(w, w_mix, teacher.cfg.n_latent // 2)}
+
+
+def check_calibration(x: torch.Tensor, where: str) -> None:
+    """Refuse a set that would give every activation a useless range."""
+    if len(x) < 2:
+        raise CalibrationError(f"{where}: {len(x)} calibration input(s); int8 calibration needs "
+                               "at least 2 different inputs")
+    if not torch.isfinite(x).all():
+        raise CalibrationError(f"{where}: the calibration inputs are not all finite")
+    if float((x - x[:1]).abs().max()) == 0:
+        raise CalibrationError(f"{where}: all {len(x)} calibration inputs are the same (a "
+                               "truncation of 0 maps every latent to w_avg): the activation "
+                               "ranges would be one point")
+
+
+def quantize_pte(model: ExportModel, path: Path, calibration: torch.Tensor) -> dict[str, Any]:
+    """Write the int8 XNNPACK program of ``model`` to ``path``, calibrated on ``calibration``
+    (run one sample at a time, as the batch-1 program will)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    check_calibration(calibration, path.name)
+    example = (calibration[:1].float(),)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with _quiet(), torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model.float(), example).module(), quantizer)
+        for x in calibration.float().split(1):
+            prepared(x)
+        program = torch.export.export(convert_pt2e(prepared), example)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        facts = pte_facts(edge)
+        path.write_bytes(edge.to_executorch().buffer)
+    return {**facts, "quantization": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
+            "calibration_samples": len(calibration)}
+
+
+def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor, input_name: str) -> dict[str, Any]:
+    """Write the QDQ int8 version of the fp32 ONNX file ``src`` to ``dst``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    check_calibration(calibration, dst.name)
+    src, dst = src.resolve(), dst.resolve()  # the work below runs in a scratch directory
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{input_name: x.float().numpy()} for x in calibration.split(1)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    # Both steps write scratch files into the working directory: give them their own.
+    with tempfile.TemporaryDirectory(prefix="int8-onnx-") as tmp, _quiet(), contextlib.chdir(tmp):
+        pre = Path(tmp) / "pre.onnx"
+        # ORT's symbolic shape inference gives up on the pixel shuffles; ONNX's own suffices.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    proto = onnx.load(str(dst))
+    onnx.checker.check_model(proto, full_check=True)
+    return {"nodes": len(proto.graph.node), "batch": "dynamic",
+            "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, "
+                            "uint8 activations (MinMax)",
+            "calibration_samples": len(calibration)}
+
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> torch.Tensor:
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(peak**2 / mse.clamp_min(1e-20))
+
+
+@torch.no_grad()
+def int8_quality(fp32: torch.Tensor, int8: torch.Tensor, lpips, output_range: tuple[float, float],
+                 batch: int) -> dict[str, float]:
+    """The int8 file's images against its fp32 file's on the same inputs: LPIPS (mean and
+    worst sample, on [-1, 1] images) and PSNR (median and worst, peak-to-peak of the range)."""
+    low, high = output_range
+
+    def symmetric(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - (high + low) / 2) * (2 / (high - low))
+
+    if not torch.isfinite(int8).all():
+        return {"lpips": float("inf"), "lpips_max": float("inf"), "psnr": float("-inf"),
+                "psnr_min": float("-inf")}
+    dist = torch.cat([lpips(symmetric(a), symmetric(b)).flatten()
+                      for a, b in zip(int8.split(batch), fp32.split(batch), strict=True)])
+    psnr = _psnr(int8, fp32, high - low)
+    return {"lpips": float(dist.mean()), "lpips_max": float(dist.max()),
+            "psnr": float(psnr.median()), "psnr_min": float(psnr.min())}
+
+
+def speedup(fmt: Format, fp32_path: Path, int8_path: Path, x: torch.Tensor, threads: int,
+            repeats: int) -> dict[str, float]:
+    """Batch-1 latency of both files in ``fmt``'s runtime, same threads, one after the other."""
+    from ..bench.timing import measure, using_threads
+    from .formats import onnx_runner, pte_runner
+
+    x = x[:1].float()
+    ms = {}
+    with using_threads(threads, executorch=fmt == "pte"):
+        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+            run = onnx_runner(path, threads) if fmt == "onnx" else pte_runner(path)
+            ms[name] = measure(lambda run=run: run(x), warmup=2, repeats=repeats)["median_ms"]
+    return {"fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "speedup": ms["fp32"] / ms["int8"]}
