@@ -53,11 +53,17 @@ class FormatUnavailable(PipelineError):
 
 def unavailable(fmt: Format) -> str | None:
     """Why ``fmt`` cannot be produced here, or None when it can."""
-    for module in _NEEDS[fmt]:
+    return first_unusable(_NEEDS[fmt], fmt)
+
+
+def first_unusable(modules: tuple[str, ...], what: str) -> str | None:
+    """``"<what>: <module> is not usable here (...)"`` for the first of ``modules`` that
+    does not import, or None when all do."""
+    for module in modules:
         try:
             importlib.import_module(module)
         except Exception as e:  # ImportError, or a native library that fails to load
-            return f"{fmt}: {module} is not usable here ({type(e).__name__}: {e})"
+            return f"{what}: {module} is not usable here ({type(e).__name__}: {e})"
     return None
 
 

@@ -16,7 +16,6 @@ two styles. A set whose inputs are all the same (truncation 0 maps every latent 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from typing import Any
 import torch
 
 from ..errors import PipelineError
+from ..metrics.fixed_latents import psnr
 from ..models.stylegan2 import Generator
-from .formats import Format, _quiet, pte_facts
+from .formats import Format, _quiet, first_unusable, pte_facts
 from .graph import ExportModel, InputKind
 
 INT8_FORMATS: tuple[Format, ...] = ("onnx", "pte")
@@ -45,12 +45,7 @@ def unavailable(fmt: Format) -> str | None:
     """Why int8 ``fmt`` cannot be produced here, or None when it can."""
     if fmt not in _NEEDS:
         return f"int8 {fmt}: no int8 quantization for this format (int8 formats: {list(INT8_FORMATS)})"
-    for module in _NEEDS[fmt]:
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # ImportError, or a native library that fails to load
-            return f"int8 {fmt}: {module} is not usable here ({type(e).__name__}: {e})"
-    return None
+    return first_unusable(_NEEDS[fmt], f"int8 {fmt}")
 
 
 @torch.no_grad()
@@ -136,9 +131,11 @@ def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor, input_name: s
 
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> torch.Tensor:
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(peak**2 / mse.clamp_min(1e-20))
+def to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:
+    """An exported model's image in ``output_range`` mapped to [-1, 1] (what LPIPS and
+    PSNR take)."""
+    low, high = output_range
+    return (image.float() - (high + low) / 2) * (2 / (high - low))
 
 
 @torch.no_grad()
@@ -146,19 +143,15 @@ def int8_quality(fp32: torch.Tensor, int8: torch.Tensor, lpips, output_range: tu
                  batch: int) -> dict[str, float]:
     """The int8 file's images against its fp32 file's on the same inputs: LPIPS (mean and
     worst sample, on [-1, 1] images) and PSNR (median and worst, peak-to-peak of the range)."""
-    low, high = output_range
-
-    def symmetric(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - (high + low) / 2) * (2 / (high - low))
-
     if not torch.isfinite(int8).all():
         return {"lpips": float("inf"), "lpips_max": float("inf"), "psnr": float("-inf"),
                 "psnr_min": float("-inf")}
-    dist = torch.cat([lpips(symmetric(a), symmetric(b)).flatten()
-                      for a, b in zip(int8.split(batch), fp32.split(batch), strict=True)])
-    psnr = _psnr(int8, fp32, high - low)
+    int8, fp32 = to_symmetric(int8, output_range), to_symmetric(fp32, output_range)
+    dist = torch.cat([lpips(a, b).flatten() for a, b in zip(int8.split(batch), fp32.split(batch),
+                                                             strict=True)])
+    scores = psnr(int8, fp32)  # in [-1, 1]: the same dB as on the output range
     return {"lpips": float(dist.mean()), "lpips_max": float(dist.max()),
-            "psnr": float(psnr.median()), "psnr_min": float(psnr.min())}
+            "psnr": float(scores.median()), "psnr_min": float(scores.min())}
 
 
 def speedup(fmt: Format, fp32_path: Path, int8_path: Path, x: torch.Tensor, threads: int,

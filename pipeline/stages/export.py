@@ -38,6 +38,7 @@ from ..export.quantize import (
     quantize_onnx,
     quantize_pte,
     speedup,
+    to_symmetric,
 )
 from ..export.quantize import unavailable as int8_unavailable
 from ..export.registry import model_name, register_onnx
@@ -145,27 +146,15 @@ def sliced(student: MobileSynthesis, entry: Any, where: str) -> MobileSynthesis:
 
 
 def parity_inputs(teacher: Generator, cfg: Export) -> dict[InputKind, torch.Tensor]:
-    """Fixed inputs of every variant from one seed: z, its truncated w, and a W+ that
-    mixes two styles (so each layer's entry matters)."""
-    g = torch.Generator().manual_seed(cfg.parity.seed)
-    n, d = cfg.parity.samples, teacher.cfg.style_dim
-    z, z_mix = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    with torch.no_grad():
-        w = teacher.truncate(teacher.mapping(z), cfg.truncation_psi)
-        w_mix = teacher.truncate(teacher.mapping(z_mix), cfg.truncation_psi)
-        wplus = teacher.broadcast(w, w_mix, teacher.cfg.n_latent // 2)
-    return {"z": z, "w": w, "wplus": wplus}
+    """Fixed inputs of every variant from one seed (z, its truncated w, a W+ mixing two
+    styles): :func:`~pipeline.export.quantize.latent_inputs` at the parity settings."""
+    return latent_inputs(teacher, cfg.parity.samples, cfg.parity.seed, cfg.truncation_psi)
 
 
 # -- one model ---------------------------------------------------------------------------
 def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
     """``fn`` over ``x`` in chunks of ``size`` samples (what a high resolution holds at once)."""
     return torch.cat([fn(c) for c in x.split(size)])
-
-
-def _to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:
-    low, high = output_range
-    return (image.float() - (high + low) / 2) * (2 / (high - low))
 
 
 def export_model(spec: ModelSpec, teacher: Generator, cfg: Export, formats: list[Format],
@@ -271,8 +260,8 @@ def check(name: str, path: Path, fmt: Format, x: torch.Tensor, expected: torch.T
                           f"expected {list(expected.shape)}")
     err = float((out - expected).abs().max()) if torch.isfinite(out).all() else float("inf")
     with torch.no_grad():
-        dist = max(float(lpips(_to_symmetric(o, cfg.output_range),
-                               _to_symmetric(e, cfg.output_range)).max())
+        dist = max(float(lpips(to_symmetric(o, cfg.output_range),
+                               to_symmetric(e, cfg.output_range)).max())
                    for o, e in zip(out.split(cfg.parity.batch_size),
                                    expected.split(cfg.parity.batch_size), strict=True))
     p = cfg.parity
