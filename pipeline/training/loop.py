@@ -278,6 +278,7 @@ def distill(
     validator = Validator(teacher, cfg, lpips, features, device) if ctx.main else None
     history = History()
     start_step, metrics_start = 0, None
+    done = {"images": 0, "seconds": 0.0}  # by the runs before this one (from the snapshot)
 
     state = checkpoint.load_latest(snapshot_dir, digest)
     if state is not None:
@@ -292,6 +293,7 @@ def distill(
         torch.set_rng_state(state["torch_rng"])
         history = History(state["validation"], state["losses"])
         start_step, metrics_start = state["step"], state["metrics_start"]
+        done = state.get("throughput", done)
     if start_step > cfg.steps:
         raise PipelineError(
             f"the newest snapshot is at step {start_step}, past distill.steps={cfg.steps}; "
@@ -404,12 +406,18 @@ def distill(
                         "torch_rng": torch.get_rng_state(),
                         "validation": history.validation, "losses": history.losses,
                         "metrics_start": metrics_start,
+                        "throughput": {"images": done["images"] + images_seen,
+                                       "seconds": done["seconds"] + time.perf_counter() - t0},
                     })
                 else:
                     _gather_sampler_states(sampler, ctx)
                 dist.barrier(ctx)
             bar.update(1, g=f"{parts['total_g'].item():.3f}")
     bar.close()
+    if ctx.main and on_validate and start_step == cfg.steps and history.validation:
+        # Resumed at the last step: nothing to train, but the caller still gets its grid.
+        on_validate(history.validation[-1], start_step,
+                    validator.grid_pairs(ema, cfg.validation.grid_samples))
     if reals is not None:
         reals.close()  # stops the decoding workers
     elapsed = time.perf_counter() - t0
@@ -418,7 +426,9 @@ def distill(
     metrics = {
         "steps": cfg.steps,
         "resumed_from_step": start_step,
-        "images_per_second": round(images_seen / elapsed, 3) if images_seen else 0.0,
+        # over the whole run, resumed or not (a run resumed at its last step trains nothing)
+        "images_per_second": round((done["images"] + images_seen) / (done["seconds"] + elapsed), 3)
+        if done["images"] + images_seen else 0.0,
         "train_seconds": round(elapsed, 2),
         **{f"{name}_{when}": figures.get(key, math.nan) if figures else math.nan
            for name, key in ((f"{lp}_to_teacher", lp), ("pixel_l1", "pixel_l1"),

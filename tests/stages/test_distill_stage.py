@@ -137,6 +137,7 @@ def test_a_student_that_explodes_on_validation_latents_fails_the_gate_and_writes
     params["distill"]["validation"]["max_exploded"] = None  # report only
     assert run(workdir, params, workdir / "t.safetensors") == 0
     assert json.loads((workdir / "m.json").read_text())["exploded_end"] == 4
+    assert (workdir / "student" / "samples.png").is_file()  # resumed at its last step: still drawn
 
 
 @pytest.mark.parametrize("where", ["out", "snapshots", "plots", "metrics"])

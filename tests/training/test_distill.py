@@ -223,6 +223,23 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_snapshot(
         "step-00000002.pt", "step-00000004.pt"]
 
 
+def test_a_run_resumed_at_its_last_step_still_gives_its_grid_and_throughput(
+    tiny_teacher, helper_nets, tmp_path
+):
+    """Rerunning a finished run trains nothing, but the caller still gets the EMA student's
+    grid and the run's images per second (over the run that did the training)."""
+    cfg = distill_cfg(steps=2, checkpoint_every=2)
+    first = distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets, progress=False)
+    grids = []
+    again = distill(cfg, tiny_teacher, "sha", tmp_path / "snap", *helper_nets,
+                    on_validate=lambda figures, step, pairs: grids.append((step, pairs)),
+                    progress=False)
+    assert again.metrics["resumed_from_step"] == 2
+    assert [step for step, _ in grids] == [2] and grids[0][1].ndim == 4
+    assert again.metrics["images_per_second"] > 0
+    assert again.metrics["psnr_to_teacher_end"] == first.metrics["psnr_to_teacher_end"]
+
+
 def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_one(
     tiny_teacher, helper_nets, tmp_path
 ):
