@@ -6,7 +6,8 @@ Reads the ``search`` and ``metric_networks`` sections of params.yaml,
 ``artifacts/student`` and ``artifacts/teacher``; writes ``artifacts/search/``
 (configs.json: per budget the channels, output resolution, MACs, parameters and
 distances, with the uniform-ratio baseline; pareto.png; pareto_latency_<runtime>.png
-per runtime of a latency budget), ``metrics/search.json`` and ``plots/search/pareto.csv``.
+per runtime of a latency budget and latency.csv), ``metrics/search.json`` and
+``plots/search/pareto.csv``.
 """
 
 import sys

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RUNTIMES = ("pytorch", "onnxruntime", "executorch")
+INT8_RUNTIMES = ("onnxruntime-int8", "executorch-int8")
 
 
 def _number(value: Any) -> float | None:
@@ -46,6 +47,12 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
             out[f"{name}_macs"] = figures.get("macs")
             if key := _lpips_key(figures):
                 out[f"{name}_{key}_to_full"] = figures[key]
+            if "budget_ms" in figures:  # a latency budget: its ms, as predicted and measured
+                out.update({f"{name}_{k}": figures.get(k) for k in (
+                    "budget_ms", "latency_ms_predicted", "latency_ms_measured", "within_budget")})
+        for model, check in metrics.get("latency_model", {}).items():
+            out.update({f"latency_model_{model}_{k}": check.get(k)
+                        for k in ("median_abs_err", "max_abs_err")})
     elif stage == "evaluate":
         for runtime, ratio in metrics.get("latency_ratio_1024", {}).items():
             out[f"latency_ratio_1024_{runtime}"] = ratio
@@ -58,7 +65,7 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
                 out[f"{name}_exploded"] = figures.get("exploded")
             for key in ("fid", "fid_randinit", "kid", "kid_randinit"):
                 out[f"{name}_{key}"] = figures.get(key)
-            for runtime in RUNTIMES:
+            for runtime in (*RUNTIMES, *INT8_RUNTIMES):
                 batch_1 = figures.get("latency", {}).get(runtime, {}).get("batch_1", {})
                 out[f"{name}_ms_{runtime}"] = batch_1.get("median_ms")
     elif stage == "export":
@@ -165,9 +172,11 @@ _VIEW_FIRST = ("distill_psnr_end", "distill_exploded_end", "full_psnr", "full_ss
 
 def view_figures(metrics: Mapping[str, float]) -> list[str]:
     """The headline figures shown as the runs table's columns: the full student's and the
-    run's verdict first, then each budget's MACs, PSNR and ExecuTorch latency."""
+    run's verdict first, then each budget's MACs, PSNR and ExecuTorch latency (a latency
+    budget's: measured in its runtime, and whether within)."""
     budgets = sorted(k.removesuffix("_macs") for k in metrics if k.endswith("_macs"))
-    per_budget = [f"{b}_{f}" for b in budgets for f in ("macs", "psnr", "ms_executorch")]
+    per_budget = [f"{b}_{f}" for b in budgets
+                  for f in ("macs", "psnr", "ms_executorch", "latency_ms_measured", "within_budget")]
     return [k for k in (*_VIEW_FIRST, *per_budget) if k in metrics]
 
 

@@ -223,6 +223,8 @@ def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
             timing = metrics["models"][name]["latency"][runtime]["batch_1"]
             assert 0 < timing["median_ms"] <= timing["p90_ms"]
             assert timing["gmacs_per_s"] > 0
+            # efficiency is against the fp32 peak: none for int8
+            assert (timing.get("efficiency") is None) == (runtime == "onnxruntime-int8")
         # each file as its runtime runs it, against the teacher: int8 close to fp32, not equal
         by_rt = metrics["models"][name]["psnr_by_runtime"]
         assert set(by_rt) == {"onnxruntime", "onnxruntime-int8"} and by_rt["onnxruntime-int8"] > 10

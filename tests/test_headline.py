@@ -27,6 +27,15 @@ def test_each_stage_contributes_its_figures_under_short_names():
     search = {"budgets": {"half": {"macs": 6e6, "lpips_alex_randinit": 0.006,
                                    "lpips_alex_randinit_teacher": 0.2, "uniform_lpips_alex_randinit": 0.01}}}
     assert headline("search", search) == {"half_macs": 6e6, "half_lpips_alex_randinit_to_full": 0.006}
+    search["budgets"]["web"] = {"macs": 2e6, "budget_ms": 0.5, "latency_ms_predicted": 0.3,
+                                "latency_ms_measured": 0.31, "within_budget": 1, "runtime": "onnxruntime"}
+    search["latency_model"] = {"executorch-int8": {"median_abs_err": 0.02, "max_abs_err": 0.09,
+                                                   "table_seconds": 60.0}}
+    assert headline("search", search) == {
+        "half_macs": 6e6, "half_lpips_alex_randinit_to_full": 0.006, "web_macs": 2e6,
+        "web_budget_ms": 0.5, "web_latency_ms_predicted": 0.3, "web_latency_ms_measured": 0.31,
+        "web_within_budget": 1.0, "latency_model_executorch-int8_median_abs_err": 0.02,
+        "latency_model_executorch-int8_max_abs_err": 0.09}
     export = {"models": {"full": {"onnx_max_abs_err": 1e-6, "pte_max_abs_err": 3e-6},
                          "half": {"onnx_max_abs_err": 2e-6}}}
     assert headline("export", export) == {"parity_max_abs_err": 3e-6}

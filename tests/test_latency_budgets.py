@@ -158,16 +158,19 @@ def test_the_model_predicts_measured_latency_of_held_out_configurations(student,
     assert space.latency_ms(space.smallest, "onnxruntime") < space.latency_ms(space.full, "onnxruntime")
 
 
-def test_executorch_layer_times_split_by_layer(student):
-    if lat.check_installed("executorch"):
-        pytest.skip("executorch is not installed")
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_executorch_layer_times_split_by_layer(student, precision):
+    """ETDump's operators are attributed to layers, with int8's quantize / dequantize
+    operators too."""
+    if lat.check_installed("executorch", precision):
+        pytest.skip(f"executorch ({precision}) is not installed")
     layers = lat.micro_layers(student[0].cfg, [[8, 16]] * 6, [32])
     conv2 = [layer for layer in layers.values() if layer.key.kind == "conv2"]
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        times = lat.executorch_layers(conv2, student[0].cfg.style_dim, 1, 3, Path(tmp))
+        times = lat.executorch_layers(conv2, student[0].cfg.style_dim, 1, 3, Path(tmp), precision)
     assert set(times) == {layer.key for layer in conv2} and sum(times.values()) > 0  # ETDump: whole µs
 
 
@@ -210,13 +213,17 @@ def test_bad_latency_budgets_fail_before_the_search(student, cache, monkeypatch)
                        rf"the smallest sub-network's predicted latency in onnxruntime \({least:.3f} ms"):
         search_all(*student, None, search_cfg({"ok": 0.5, "tiny": "0.0001ms@onnxruntime"}),
                    torch.device("cpu"), progress=False, cache_dir=cache)
-    with pytest.raises(ParamsError, match="search.budgets.q: int8 latency budgets"):
+    import pipeline.export.quantize as quantize
+
+    monkeypatch.setattr(quantize, "first_unusable", lambda mods, what: f"{what}: no quantizer here")
+    with pytest.raises(ParamsError, match=r"search.budgets.q: onnxruntime-int8 cannot run here "
+                       r"\(int8 onnx: no quantizer here\)"):
         search_all(*student, None, search_cfg({"q": "1ms@onnxruntime-int8"}), torch.device("cpu"),
                    progress=False, cache_dir=cache)
     real = formats.unavailable
     monkeypatch.setattr(formats, "unavailable", lambda f: "pte: executorch is not usable here"
                         if f == "pte" else real(f))
-    with pytest.raises(ParamsError, match="search.budgets.et: executorch is not installed here"):
+    with pytest.raises(ParamsError, match="search.budgets.et: executorch cannot run here"):
         search_all(*student, None, search_cfg({"et": "1ms@executorch"}), torch.device("cpu"),
                    progress=False, cache_dir=cache)
 
@@ -236,6 +243,9 @@ def test_a_latency_budget_is_honoured_end_to_end(student, cache, tmp_path):
     assert fast.budget.latency == LatencyBudget(budget, "onnxruntime") and half.budget_macs
     assert all(space.latency_ms(s.candidate, "onnxruntime") <= budget for s in fast.evaluated)
     assert fast.best.distances[LP] <= fast.uniform.distances[LP]
+    # the uniform baseline stays on the search's choices, where the model was checked
+    assert fast.uniform_ratio in RATIOS and all(
+        w in ch for w, ch in zip(fast.uniform.candidate.widths, space.choices, strict=True))
     assert fast.macs_search and fast.macs_search.budget.limit == fast.uniform.macs
     predicted = space.latency_ms(fast.best.candidate, "onnxruntime")
     assert 0.3 * predicted < fast.measured.best_ms < 3 * predicted  # loose: timing on a shared machine
@@ -250,6 +260,34 @@ def test_a_latency_budget_is_honoured_end_to_end(student, cache, tmp_path):
     configs = json.loads((tmp_path / "out" / "configs.json").read_text())
     assert configs["budgets"]["fast"]["channels"] == list(fast.best.candidate.widths)
     assert (tmp_path / "out" / "pareto_latency_onnxruntime.png").stat().st_size > 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out" / "latency.csv").open()))
+    assert [r["kind"] for r in rows] == ["holdout"] * 3 + ["searched", "uniform", "macs_search"]
+    searched = rows[3]
+    assert float(searched["measured_ms"]) == fast.measured.best_ms
+    assert searched["channels"] == " ".join(map(str, fast.best.candidate.widths))
+    assert float(searched["predicted_ms"]) == pytest.approx(predicted) and rows[5]["measured_ms"] == ""
+
+
+def test_an_int8_latency_budget_is_predicted_and_measured_with_int8_files(student, cache, tmp_path):
+    """``ms@onnxruntime-int8``: a table of QDQ layers, the chosen configuration quantized
+    and timed as the export stage's int8 file is."""
+    if lat.check_installed("onnxruntime", "int8"):
+        pytest.skip("onnxruntime's quantizer is not installed")
+    cfg = search_cfg({"q": "100ms@onnxruntime-int8"})  # loose: the search's mechanics, not timing
+    lpips = LPIPS("alex", None, stand_in=True)
+    space, full_s, results = search_all(*student, lpips, cfg, torch.device("cpu"), progress=False,
+                                        cache_dir=cache)
+    model = space.latency["onnxruntime-int8"]
+    assert model.precision == "int8" and model.runtime == "onnxruntime" and model.fit["b"] > 0
+    assert list((cache / "latency").glob("onnxruntime-int8-*.json"))
+    (q,) = results
+    assert q.budget.latency == LatencyBudget(100.0, "onnxruntime", "int8") and q.measured.best_ms > 0
+    m = write_outputs(space, full_s, results, cfg, lpips, tmp_path / "out", tmp_path / "plots", "0")
+    assert m["budgets"]["q"]["precision"] == "int8" and m["budgets"]["q"]["within_budget"] == 1
+    assert set(m["latency_model"]) == {"onnxruntime-int8"}
+    assert (tmp_path / "out" / "pareto_latency_onnxruntime-int8.png").stat().st_size > 0
 
 
 def test_a_table_measured_with_the_cli_is_what_the_search_predicts_with(student, tmp_path):

@@ -30,7 +30,8 @@ Figures: median / p90 / mean / min of ``repeats`` timed calls after ``warmup`` c
 (``time.perf_counter``, CUDA synchronised), achieved GMAC/s = physical MACs of the
 network (:func:`pipeline.cost.count`, ``macs``) x batch / median, and efficiency =
 achieved / the machine's peak, a large fp32 matrix multiply measured in the same process
-with the same threads (:func:`peak_gmacs`).
+with the same threads (:func:`peak_gmacs`); none for int8 runtimes (an fp32 peak is not
+their yardstick).
 
 :func:`latency_ratio_1024`: the headline ratio, a config-f teacher (random weights:
 speed only) against its default MobileStyleGAN student, batch 1, same run and threads.

@@ -112,7 +112,8 @@ def latency_table(argv: list[str]) -> int:
     parser = _Parser(prog="python -m pipeline.bench latency-table",
                      description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="student checkpoint (distill's output)")
-    parser.add_argument("--runtime", required=True, choices=latency.RUNTIMES)
+    parser.add_argument("--runtime", required=True, choices=latency.MODELS,
+                        help="-int8: the files quantized as the export stage does")
     parser.add_argument("--out", required=True, help="the table (JSON)")
     parser.add_argument("--ratios", default=",".join(map(str, defaults["ratios"].default)),
                         help="per-layer channel ratios, as search.ratios (%(default)s)")
@@ -138,10 +139,11 @@ def latency_table(argv: list[str]) -> int:
         cfg = load_student(args.student)[0].cfg
         if args.min_resolution and args.min_resolution not in latency.resolutions_of(cfg, 8):
             raise BenchError(f"--min-resolution: one of {latency.resolutions_of(cfg, 8)}")
+        runtime, _, precision = args.runtime.partition("-")
         model = latency.build_model(cfg, latency.widths_choices(cfg, ratios),
-                                    latency.resolutions_of(cfg, args.min_resolution), args.runtime,
+                                    latency.resolutions_of(cfg, args.min_resolution), runtime,
                                     args.threads, args.grid if args.grid > 1 else None,
-                                    args.holdout, args.repeats, args.seed)
+                                    args.holdout, args.repeats, args.seed, precision or "fp32")
     except PipelineError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

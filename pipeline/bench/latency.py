@@ -24,14 +24,18 @@ itself, batch 1, the given threads:
   each layer's operators are contiguous (after those XNNPACK hoists, one per layer), so
   its time is the sum of theirs.
 
+An int8 table (``precision="int8"``) quantizes each of those networks as the export stage
+does (pipeline.export.quantize), calibrated on a few random calls: the scales do not change
+the time, and XNNPACK's quantize / dequantize operators fall in their layer's run too.
+
 Every time here, layers and whole networks alike, is the fastest of ``repeats`` runs
 after warm-up (timeit's advice: on a shared machine the slower runs measure the other
 jobs, and the median of a 0.1 ms network moves by tens of percent with them).
 
 A configuration's predicted latency is ``a + b * sum(its layers)``, a and b fitted by
-least squares on whole configurations measured exported (the smallest, a middle and
-the full network): a is the per-call overhead, b what layers cost in a chain rather
-than alone (caches, operator hand-over). The check: ``holdout`` random configurations
+least squares on whole configurations measured exported (the smallest, middle and
+full widths at every output resolution the search can choose): a is the per-call
+overhead, b what layers cost in a chain rather than alone (caches, operator hand-over). The check: ``holdout`` random configurations
 measured the same way, their absolute relative errors' median and max.
 
 :func:`cached_model` caches a model under ``cache_dir/latency`` by a key of the
@@ -72,9 +76,12 @@ from .targets import layout_teacher, prepare, random_student
 from .timing import BenchError, measure, using_threads
 
 log = logging.getLogger(__name__)
-VERSION = 2  # of the table's layout and measuring: a cache entry of another version is rebuilt
+VERSION = 3  # of the table's layout and measuring: a cache entry of another version is rebuilt
 KINDS = ("input", "up", "conv1", "conv2", "head")
 RUNTIMES = ("onnxruntime", "executorch")  # params.LATENCY_RUNTIMES
+PRECISIONS = ("fp32", "int8")  # int8: pipeline.export.quantize's files
+MODELS = (*RUNTIMES, *(f"{r}-int8" for r in RUNTIMES))  # params.LatencyBudget.model
+CALIBRATION = 4  # random calls an int8 layer is calibrated on
 WARMUP = 3
 
 
@@ -216,8 +223,8 @@ class Layer(nn.Module):
         self.key, self.module = key, module
         self.skip = skip and key.kind == "head" and key.res > 4
 
-    def inputs(self, style_dim: int) -> list[torch.Tensor]:
-        k, g = self.key, torch.Generator().manual_seed(0)
+    def inputs(self, style_dim: int, seed: int = 0) -> list[torch.Tensor]:
+        k, g = self.key, torch.Generator().manual_seed(seed)
         shape = {"input": None, "up": (k.c_in, k.res // 2), "conv1": (k.c_in // 4, k.res),
                  "conv2": (k.c_in, k.res), "head": (k.c_in, k.res)}[k.kind]
         xs = [torch.randn(1, 1, style_dim, generator=g)]
@@ -306,33 +313,54 @@ class _Empty(nn.Module):
         return w + 1.0
 
 
-def _ort_ms(module: nn.Module, xs: list[torch.Tensor], path: Path, threads: int, repeats: int) -> float:
+def _ort_ms(module: nn.Module, xs: list[torch.Tensor], path: Path, threads: int, repeats: int,
+            calibration: list[tuple[torch.Tensor, ...]] | None = None) -> float:
+    """The fastest call of ``module`` exported alone; int8 (QDQ) when ``calibration`` is given."""
+    names = [f"x{i}" for i in range(len(xs))]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(xs), str(path), opset_version=OPSET, dynamo=False)
+        torch.onnx.export(module, tuple(xs), str(path), input_names=names, opset_version=OPSET,
+                          dynamo=False)
+    if calibration is not None:
+        from ..export.quantize import quantize_onnx
+
+        quantize_onnx(path, path.with_suffix(".int8.onnx"), calibration, names)
+        path = path.with_suffix(".int8.onnx")
     session = _ort_session(path, threads)
     feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs, strict=True)}
     return measure(lambda: session.run(None, feed), WARMUP, repeats)["min_ms"]
 
 
+def calibration(layers: Sequence[Layer], style_dim: int) -> list[tuple[torch.Tensor, ...]]:
+    """int8 tables: calls of ``layers`` (side by side) on random inputs. The scales they
+    give do not matter for timing, only that every activation has a range."""
+    return [tuple(x for layer in layers for x in layer.inputs(style_dim, seed))
+            for seed in range(1, CALIBRATION + 1)]
+
+
 def onnx_layers(layers: Sequence[Layer], style_dim: int, threads: int, repeats: int,
-                workdir: Path) -> dict[LayerKey, float]:
-    """Each layer in its own ONNX Runtime session, less an empty call's time."""
+                workdir: Path, precision: str = "fp32") -> dict[LayerKey, float]:
+    """Each layer in its own ONNX Runtime session (int8: quantized as the export stage
+    does), less an empty call's time."""
     empty = _ort_ms(_Empty(), [torch.zeros(1, 1, style_dim)], workdir / "empty.onnx", threads, repeats)
     return {layer.key: max(0.0, _ort_ms(layer, layer.inputs(style_dim), workdir / "layer.onnx",
-                                        threads, repeats) - empty)
+                                        threads, repeats,
+                                        calibration([layer], style_dim) if precision == "int8" else None)
+                           - empty)
             for layer in layers}
 
 
 def executorch_layers(layers: Sequence[Layer], style_dim: int, threads: int, repeats: int,
-                      workdir: Path) -> dict[LayerKey, float]:
-    """Every layer of a kind in one XNNPACK program, each layer's time the sum of its
-    operators' medians in ExecuTorch's profile (their order is the layers')."""
+                      workdir: Path, precision: str = "fp32") -> dict[LayerKey, float]:
+    """Every layer of a kind in one XNNPACK program (int8: quantized by PT2E as the export
+    stage does), each layer's time the sum of its operators' fastest runs in ExecuTorch's
+    profile (their order is the layers')."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools import Inspector
     from executorch.exir import to_edge_transform_and_lower
     from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
+    from ..export.quantize import lower_int8_xnnpack
     from .runtimes import _ET_ENVELOPES
 
     out: dict[LayerKey, float] = {}
@@ -346,8 +374,11 @@ def executorch_layers(layers: Sequence[Layer], style_dim: int, threads: int, rep
         path, dump = workdir / f"{kind}.pte", workdir / f"{kind}.etdump"
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            edge = to_edge_transform_and_lower(torch.export.export(net, tuple(xs)),
-                                               partitioner=[XnnpackPartitioner()])
+            if precision == "int8":
+                edge = lower_int8_xnnpack(net, calibration(group, style_dim), path.name)
+            else:
+                edge = to_edge_transform_and_lower(torch.export.export(net, tuple(xs)),
+                                                   partitioner=[XnnpackPartitioner()])
             path.write_bytes(edge.to_executorch().buffer)
         with using_threads(threads, executorch=True):
             module = _load_for_executorch(str(path), enable_etdump=True)
@@ -398,9 +429,10 @@ def measure_configs(student: MobileSynthesis, teacher: Generator,
                     configs: Sequence[tuple[Sequence[int], int]], runtime: str, threads: int,
                     repeats: int, workdir: Path) -> list[float]:
     """Fastest ms of each (widths, resolution) sub-network of ``student``, exported as the
-    export stage does (pipeline.export.graph) and run in ``runtime``, batch 1."""
+    export stage does (pipeline.export.graph) and run in ``runtime`` (``executorch-int8``:
+    quantized as it does too), batch 1."""
     out = []
-    with using_threads(threads, executorch=runtime == "executorch"):
+    with using_threads(threads, executorch=runtime.startswith("executorch")):
         for widths, res in configs:
             target = prepare(subnet(student, list(widths), res), teacher, check=False)
             rt = open_runtime(runtime, target, workdir, "cpu", threads)
@@ -411,49 +443,51 @@ def measure_configs(student: MobileSynthesis, teacher: Generator,
     return out
 
 
-def check_installed(runtime: str) -> str | None:
-    """Why ``runtime`` cannot run here, or None."""
-    from ..export.formats import unavailable
+def check_installed(runtime: str, precision: str = "fp32") -> str | None:
+    """Why ``runtime`` cannot run (or quantize, int8) here, or None."""
+    from ..export import formats, quantize
 
-    return unavailable({"onnxruntime": "onnx", "executorch": "pte"}[runtime])
+    fmt = {"onnxruntime": "onnx", "executorch": "pte"}[runtime]
+    return formats.unavailable(fmt) or (quantize.unavailable(fmt) if precision == "int8" else None)
 
 
 def build_model(cfg: StudentConfig, choices: list[list[int]], resolutions: list[int], runtime: str,
                 threads: int = 1, grid_points: int | None = 3, holdout: int = 4,
                 repeats: int = 10, seed: int = 0, precision: str = "fp32") -> LatencyModel:
-    """Measure the table, fit the overhead on three whole configurations (smallest, a
-    middle one, the full network) and check it on ``holdout`` random ones."""
-    if precision != "fp32":
-        raise BenchError(f"{runtime}-{precision}: only fp32 latency tables are measured "
-                         f"(int8 layer tables need pipeline.export.quantize per layer)")
-    why = check_installed(runtime)
+    """Measure the table, fit the overhead on whole configurations (smallest, middle and
+    full widths at every resolution) and check it on ``holdout`` random ones."""
+    if precision not in PRECISIONS:
+        raise BenchError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    why = check_installed(runtime, precision)
     if why:
-        raise BenchError(f"{runtime} is not installed here: {why}")
+        raise BenchError(f"{runtime} ({precision}) cannot run here: {why}")
+    name = runtime if precision == "fp32" else f"{runtime}-{precision}"  # pipeline.bench's runtime
     start = time.perf_counter()
     table_choices = [grid(c, grid_points) for c in choices]
     layers = micro_layers(cfg, table_choices, resolutions)
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        entries = MEASURE_LAYERS[runtime](list(layers.values()), cfg.style_dim, threads, repeats, Path(tmp))
+        entries = MEASURE_LAYERS[runtime](list(layers.values()), cfg.style_dim, threads, repeats,
+                                          Path(tmp), precision)
         model = LatencyModel(runtime, precision, threads, arch_of(cfg), table_choices, resolutions,
                              {k.text: ms for k, ms in entries.items()})
         rng = random.Random(f"{seed}/latency")
-        lo, hi, mid = min(resolutions), max(resolutions), [c[len(c) // 2] for c in choices]
-        fit = [([c[0] for c in choices], lo), (mid, hi), ([c[-1] for c in choices], hi)]
+        ends = [[c[0] for c in choices], [c[len(c) // 2] for c in choices], [c[-1] for c in choices]]
+        fit = [(w, r) for r in resolutions for w in ends]
         held = [([rng.choice(c) for c in choices], rng.choice(resolutions)) for _ in range(holdout)]
         student, teacher = timing_student(cfg, seed)
-        measured = measure_configs(student, teacher, fit + held, runtime, threads, repeats, Path(tmp))
+        measured = measure_configs(student, teacher, fit + held, name, threads, repeats, Path(tmp))
     sums = np.array([model.layers_ms(w, r) for w, r in fit])
-    (b, a), *_ = np.linalg.lstsq(np.stack([sums, np.ones_like(sums)], 1), np.array(measured[:3]),
+    (b, a), *_ = np.linalg.lstsq(np.stack([sums, np.ones_like(sums)], 1), np.array(measured[:len(fit)]),
                                  rcond=None)
     model.fit = {"a": float(a), "b": float(b)}
     rows = [{"channels": list(w), "resolution": r, "predicted_ms": model.predict(w, r),
-             "measured_ms": ms} for (w, r), ms in zip(held, measured[3:], strict=True)]
+             "measured_ms": ms} for (w, r), ms in zip(held, measured[len(fit):], strict=True)]
     errs = [abs(x["predicted_ms"] - x["measured_ms"]) / x["measured_ms"] for x in rows]
     model.check = {"median_abs_err": float(np.median(errs)), "max_abs_err": float(max(errs)),
                    "configs": rows}
     model.machine = fingerprint()
     model.seconds = time.perf_counter() - start
-    log.info("latency model %s: %d entries, median error %.1f %%, max %.1f %% (%.0f s)", runtime,
+    log.info("latency model %s: %d entries, median error %.1f %%, max %.1f %% (%.0f s)", name,
              len(entries), 100 * model.check["median_abs_err"], 100 * model.check["max_abs_err"],
              model.seconds)
     return model

@@ -137,7 +137,9 @@ def _bench_model(name: str, target: Target, runtimes: list[str], batch_sizes: li
                 macs = None if target.macs is None else target.macs * batch
                 gmacs = None if macs is None else macs / (stats["median_ms"] / 1e3) / 1e9
                 stats["gmacs_per_s"] = gmacs
-                stats["efficiency"] = None if gmacs is None else gmacs / peaks.get(on, peaks["cpu"])
+                # the peak is fp32's: an int8 file's rate against it says nothing (it can pass 100 %)
+                stats["efficiency"] = (None if gmacs is None or rt in INT8_RUNTIMES
+                                       else gmacs / peaks.get(on, peaks["cpu"]))
                 result["models"].setdefault(name, {}).setdefault(rt, {})[batch_key(batch)] = stats
                 result["rows"].append([name, rt, batch, stats["median_ms"], stats["p90_ms"], gmacs,
                                        stats["efficiency"]])

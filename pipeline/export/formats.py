@@ -69,17 +69,24 @@ def first_unusable(modules: tuple[str, ...], what: str) -> str | None:
 
 @contextlib.contextmanager
 def _quiet():
-    """Exporters warn loudly about deprecations that are not ours to fix, and coremltools
-    logs every graph pass at INFO."""
-    ct_log = logging.getLogger("coremltools")
+    """Exporters warn loudly about deprecations that are not ours to fix, coremltools logs
+    every graph pass at INFO, and onnxruntime's quantizer every bias it copies on the root
+    logger (a logger's filter sees only records logged on it: ours pass)."""
+    ct_log, root = logging.getLogger("coremltools"), logging.getLogger()
     level = ct_log.level
     ct_log.setLevel(logging.WARNING)
+
+    def only_warnings(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    root.addFilter(only_warnings)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         ct_log.setLevel(level)
+        root.removeFilter(only_warnings)
 
 
 def example_input(model: ExportModel, fp16: bool, batch: int = 1) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..errors import PipelineError
 from ..metrics.fixed_latents import psnr
 from ..models.stylegan2 import Generator
 from .formats import Format, _quiet, first_unusable, pte_facts
-from .graph import ExportModel, InputKind
+from .graph import InputKind
 
 INT8_FORMATS: tuple[Format, ...] = ("onnx", "pte")
 _NEEDS = {
@@ -60,22 +61,40 @@ def latent_inputs(teacher: Generator, n: int, seed: int, truncation_psi: float) 
     return {"z": z, "w": w, "wplus": teacher.broadcast(w, w_mix, teacher.cfg.n_latent // 2)}
 
 
-def check_calibration(x: torch.Tensor, where: str) -> None:
-    """Refuse a set that would give every activation a useless range."""
-    if len(x) < 2:
-        raise CalibrationError(f"{where}: {len(x)} calibration input(s); int8 calibration needs "
-                               "at least 2 different inputs")
-    if not torch.isfinite(x).all():
-        raise CalibrationError(f"{where}: the calibration inputs are not all finite")
-    if float((x - x[:1]).abs().max()) == 0:
-        raise CalibrationError(f"{where}: all {len(x)} calibration inputs are the same (a "
-                               "truncation of 0 maps every latent to w_avg): the activation "
-                               "ranges would be one point")
+Sample = tuple[torch.Tensor, ...]  # one call's inputs, batch 1
 
 
-def quantize_pte(model: ExportModel, path: Path, calibration: torch.Tensor) -> dict[str, Any]:
-    """Write the int8 XNNPACK program of ``model`` to ``path``, calibrated on ``calibration``
-    (run one sample at a time, as the batch-1 program will)."""
+def samples_of(calibration: torch.Tensor | Sequence[Sample]) -> list[Sample]:
+    """Calibration as calls: a one-input network's batch one row at a time, or the calls
+    of a several-input network (a latency table's layer) as given."""
+    if isinstance(calibration, torch.Tensor):
+        return [(x,) for x in calibration.float().split(1)]
+    return [tuple(x.float() for x in sample) for sample in calibration]
+
+
+def check_calibration(calibration: torch.Tensor | Sequence[Sample], where: str) -> list[Sample]:
+    """The calls to calibrate with; a set that would give every activation a useless
+    range is refused (each input must vary over the set)."""
+    samples = samples_of(calibration)
+    if len(samples) < 2:
+        raise CalibrationError(f"{where}: {len(samples)} calibration input(s); int8 calibration "
+                               "needs at least 2 different inputs")
+    for i in range(len(samples[0])):
+        x = torch.cat([s[i] for s in samples])
+        if not torch.isfinite(x).all():
+            raise CalibrationError(f"{where}: the calibration inputs are not all finite")
+        if float((x - x[:1]).abs().max()) == 0:
+            raise CalibrationError(f"{where}: all {len(samples)} calibration inputs are the same "
+                                   "(a truncation of 0 maps every latent to w_avg): the "
+                                   "activation ranges would be one point")
+    return samples
+
+
+def lower_int8_xnnpack(module: torch.nn.Module, calibration: torch.Tensor | Sequence[Sample],
+                       where: str) -> Any:
+    """``module`` quantized by PT2E (XNNPACK's quantizer, symmetric int8, per-channel
+    weights), calibrated one call at a time as the batch-1 program runs, and lowered to
+    the XNNPACK delegate: the edge program manager."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -84,36 +103,46 @@ def quantize_pte(model: ExportModel, path: Path, calibration: torch.Tensor) -> d
     from executorch.exir import to_edge_transform_and_lower
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    check_calibration(calibration, path.name)
-    example = (calibration[:1].float(),)
+    samples = check_calibration(calibration, where)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with _quiet(), torch.no_grad():
-        prepared = prepare_pt2e(torch.export.export(model.float(), example).module(), quantizer)
-        for x in calibration.float().split(1):
-            prepared(x)
-        program = torch.export.export(convert_pt2e(prepared), example)
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        prepared = prepare_pt2e(torch.export.export(module.float(), samples[0]).module(), quantizer)
+        for sample in samples:
+            prepared(*sample)
+        program = torch.export.export(convert_pt2e(prepared), samples[0])
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+
+
+def quantize_pte(model: torch.nn.Module, path: Path,
+                 calibration: torch.Tensor | Sequence[Sample]) -> dict[str, Any]:
+    """Write the int8 XNNPACK program of ``model`` to ``path``, calibrated on ``calibration``."""
+    edge = lower_int8_xnnpack(model, calibration, path.name)
+    with _quiet():
         facts = pte_facts(edge)
         path.write_bytes(edge.to_executorch().buffer)
     return {**facts, "quantization": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
-            "calibration_samples": len(calibration)}
+            "calibration_samples": len(samples_of(calibration))}
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor, input_name: str) -> dict[str, Any]:
-    """Write the QDQ int8 version of the fp32 ONNX file ``src`` to ``dst``."""
+def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor | Sequence[Sample],
+                  input_names: str | Sequence[str]) -> dict[str, Any]:
+    """Write the QDQ int8 version of the fp32 ONNX file ``src`` to ``dst``; ``input_names``
+    are the file's inputs in the order of a calibration call's tensors."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    check_calibration(calibration, dst.name)
+    samples = check_calibration(calibration, dst.name)
+    names = [input_names] if isinstance(input_names, str) else list(input_names)
     src, dst = src.resolve(), dst.resolve()  # the work below runs in a scratch directory
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{input_name: x.float().numpy()} for x in calibration.split(1)])
+            self.feeds = iter([{n: x.numpy() for n, x in zip(names, sample, strict=True)}
+                               for sample in samples])
 
         def get_next(self) -> dict | None:
-            return next(self.batches, None)
+            return next(self.feeds, None)
 
     # Both steps write scratch files into the working directory: give them their own.
     with tempfile.TemporaryDirectory(prefix="int8-onnx-") as tmp, _quiet(), contextlib.chdir(tmp):
@@ -127,8 +156,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor, input_name: s
     return {"nodes": len(proto.graph.node), "batch": "dynamic",
             "quantization": "onnxruntime quantize_static, QDQ, per-channel int8 weights, "
                             "uint8 activations (MinMax)",
-            "calibration_samples": len(calibration)}
-
+            "calibration_samples": len(samples)}
 
 
 def to_symmetric(image: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:

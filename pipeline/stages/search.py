@@ -10,7 +10,9 @@ budgets.
                    within budget are ever created -> best configuration
     latency budgets: the best and uniform configurations exported and measured; the
                 MAC-budget search at the uniform configuration's MACs, for comparison
-    -> artifacts/search/configs.json, pareto*.png, metrics/search.json, plots/search/*.csv
+    -> artifacts/search/configs.json, pareto*.png, latency.csv (latency budgets: every
+       configuration predicted, and measured where it was), metrics/search.json,
+       plots/search/*.csv
 
 Fitness of a candidate: LPIPS (``search.lpips`` backbone, named ``lpips_<net>``) or
 MSE between the sub-network's images and the reference's (the full student: Anycost's
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 NAME = "search"
 SHARED = ("metric_networks",)
 CONFIGS_FILE = "configs.json"
+LATENCY_CSV = "latency.csv"
 UNIFORM_STEPS = 64  # the uniform baseline tries ratios k/64
 
 
@@ -99,7 +102,7 @@ class Space:
     """The choices per gene: each layer's widths at ``ratios``, the output resolutions."""
 
     def __init__(self, cfg: StudentConfig, ratios: list[float], min_resolution: int | None) -> None:
-        self.cfg = cfg
+        self.cfg, self.ratios = cfg, sorted(ratios)
         self.choices = [sorted({quantize(f * r, f) for r in ratios}) for f in cfg.full_widths]
         self.resolutions = (output_resolutions(cfg, min_resolution) if min_resolution
                             else [cfg.resolution])
@@ -246,16 +249,12 @@ def latency_models(space: Space, cfg: SearchLatency, budgets: dict[str, Any],
                    cache_dir: Path | None) -> dict[str, lat.LatencyModel]:
     """The latency model of every runtime a budget names: a table given in
     ``search.latency.tables`` (checked against this student), or measured here (cached).
-    Runtimes not installed here, and int8 budgets, fail first."""
+    Runtimes (or int8 quantizers) not installed here fail first."""
     specs = {name: s for name, v in budgets.items() if isinstance(s := parse_budget(v), LatencyBudget)}
     for name, spec in specs.items():
-        why = lat.check_installed(spec.runtime)
+        why = lat.check_installed(spec.runtime, spec.precision)
         if why:
-            raise ParamsError(f"search.budgets.{name}: {spec.runtime} is not installed here ({why})")
-        if spec.precision != "fp32" and spec.model not in cfg.tables:
-            raise ParamsError(f"search.budgets.{name}: int8 latency budgets are not measured "
-                              f"here yet (per-layer int8 tables need pipeline.export.quantize); "
-                              f"give a table for {spec.model} in search.latency.tables")
+            raise ParamsError(f"search.budgets.{name}: {spec.model} cannot run here ({why})")
     unused = sorted(set(cfg.tables) - {s.model for s in specs.values()})
     if unused:
         raise ParamsError(f"search.latency.tables: no latency budget names {', '.join(unused)}")
@@ -273,7 +272,8 @@ def latency_models(space: Space, cfg: SearchLatency, budgets: dict[str, Any],
 
         def build(spec: LatencyBudget = spec) -> lat.LatencyModel:
             return lat.build_model(space.cfg, space.choices, resolutions, spec.runtime,
-                                   cfg.threads, cfg.grid, cfg.holdout, cfg.repeats, cfg.seed)
+                                   cfg.threads, cfg.grid, cfg.holdout, cfg.repeats, cfg.seed,
+                                   spec.precision)
 
         if cache_dir is None:
             models[model] = build()
@@ -287,15 +287,17 @@ def latency_models(space: Space, cfg: SearchLatency, budgets: dict[str, Any],
 
 def uniform_baseline(space: Space, budget: Budget) -> tuple[Candidate, float]:
     """The widest uniform-ratio sub-network within budget, at the highest output resolution
-    where one fits (Anycost's uniform channel reduction)."""
+    where one fits (Anycost's uniform channel reduction). A MAC budget tries ratios k/64; a
+    latency budget only the search's own ratios: widths between them are interpolated by
+    the latency model, and a runtime's kernels can be far slower at widths off its
+    preferred multiples (the default run's 56 channels: predicted 0.49 ms, measured 0.94)."""
+    ratios = (list(reversed(space.ratios)) if budget.latency
+              else [k / UNIFORM_STEPS for k in range(UNIFORM_STEPS, 0, -1)])
     for res in reversed(space.resolutions):
-        for k in range(UNIFORM_STEPS, 0, -1):
-            c = space.uniform(k / UNIFORM_STEPS, res)
-            narrower = any(w < ch[0] for w, ch in zip(c.widths, space.choices, strict=True))
-            if budget.latency and narrower:  # outside the latency table (and the search)
-                break
+        for ratio in ratios:
+            c = space.uniform(ratio, res)
             if space.within(c, budget):
-                return c, k / UNIFORM_STEPS
+                return c, ratio
     # MACs: unreachable after resolve_budgets (ratio 1/64 is narrower than the smallest
     # candidate); latency: the smallest candidate may be predicted within it, no uniform one.
     return space.smallest, 0.0
@@ -411,9 +413,9 @@ def measure_latency(student: MobileSynthesis, teacher, r: BudgetResult,
     spec, start = r.budget.latency, time.perf_counter()
     configs = [(c.widths, c.resolution) for c in (r.best.candidate, r.uniform.candidate)]
     with tempfile.TemporaryDirectory(prefix="search-latency-") as tmp:
-        best, uniform = lat.measure_configs(student, teacher, configs, spec.runtime, cfg.threads,
+        best, uniform = lat.measure_configs(student, teacher, configs, spec.model, cfg.threads,
                                             cfg.repeats, Path(tmp))
-    log.info("budget %s: exported and measured in %s (%.0f s)", r.name, spec.runtime,
+    log.info("budget %s: exported and measured in %s (%.0f s)", r.name, spec.model,
              time.perf_counter() - start)
     return Measured(best, uniform)
 
@@ -482,6 +484,8 @@ def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: 
             plot_latency_pareto([r for r in results if r.budget.latency
                                  and r.budget.latency.model == runtime], runtime, key,
                                 tmp / f"pareto_latency_{runtime}.png")
+        if space.latency:
+            write_latency_csv(space, results, key, tmp / LATENCY_CSV)
     write_pareto_csv(results, lpips.name, plots_dir / "pareto.csv")
     return metrics
 
@@ -494,6 +498,37 @@ def budget_entry(r: BudgetResult) -> dict[str, Any]:
     return {"budget_ms": spec.ms, "runtime": spec.runtime, "precision": spec.precision,
             **({"latency_ms_measured": r.measured.best_ms,
                 "uniform_latency_ms_measured": r.measured.uniform_ms} if r.measured else {})}
+
+
+LATENCY_COLUMNS = ["model", "budget", "kind", "resolution", "channels", "macs", "predicted_ms",
+                   "measured_ms", "fitness"]
+
+
+def write_latency_csv(space: Space, results: list[BudgetResult], key: str, path: Path) -> None:
+    """Every configuration a latency model predicted, per model (runtime and precision):
+    the held-out check's (``holdout``), each latency budget's searched and uniform ones
+    (measured) and the MAC search's best (predicted only; ``fitness`` is the search's)."""
+    rows = [{"model": name, "budget": "", "kind": "holdout", "resolution": c["resolution"],
+             "channels": c["channels"], "macs": space.cost(Candidate(tuple(c["channels"]),
+                                                                     c["resolution"]))[0],
+             "predicted_ms": c["predicted_ms"], "measured_ms": c["measured_ms"], "fitness": ""}
+            for name, m in space.latency.items() for c in m.check["configs"]]
+    for r in results:
+        spec = r.budget.latency
+        if not spec:
+            continue
+        measured = {"searched": r.measured.best_ms, "uniform": r.measured.uniform_ms} if r.measured else {}
+        kinds = [("searched", r.best), ("uniform", r.uniform)]
+        kinds += [("macs_search", r.macs_search.best)] if r.macs_search else []
+        rows += [{"model": spec.model, "budget": r.name, "kind": kind,
+                  "resolution": s.candidate.resolution, "channels": list(s.candidate.widths),
+                  "macs": s.macs, "predicted_ms": space.latency_ms(s.candidate, spec.model),
+                  "measured_ms": measured.get(kind, ""), "fitness": s.distances[key]}
+                 for kind, s in kinds]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LATENCY_COLUMNS)
+        writer.writeheader()
+        writer.writerows({**row, "channels": " ".join(map(str, row["channels"]))} for row in rows)
 
 
 def write_pareto_csv(results: list[BudgetResult], lpips_name: str, path: Path) -> None:
