@@ -35,8 +35,9 @@ jobs, and the median of a 0.1 ms network moves by tens of percent with them).
 A configuration's predicted latency is ``a + b * sum(its layers)``, a and b fitted by
 least squares on whole configurations measured exported (the smallest, middle and
 full widths at every output resolution the search can choose): a is the per-call
-overhead, b what layers cost in a chain rather than alone (caches, operator hand-over). The check: ``holdout`` random configurations
-measured the same way, their absolute relative errors' median and max.
+overhead, b what layers cost in a chain rather than alone (caches, operator hand-over).
+The check: ``holdout`` random configurations measured the same way, their absolute
+relative errors' median and max.
 
 :func:`cached_model` caches a model under ``cache_dir/latency`` by a key of the
 machine (pipeline.bench.machine), runtime versions, threads, architecture, choices and
