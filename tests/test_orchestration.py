@@ -31,6 +31,9 @@ def run(cmd: list[str], cwd, env, timeout=600) -> subprocess.CompletedProcess:
 def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_path):
     env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
                         STYLEGAN_MOBILE_RUN_GROUP="test-group")
+    params = tiny_params()  # a latency budget too: its table, search and measurement in the stage
+    params["search"]["budgets"]["web"] = "1000ms@onnxruntime"  # loose: mechanics, not timing
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     metrics = json.loads((repo / "metrics/fetch_teacher.json").read_text())
     assert metrics["resolution"] == 32 and metrics["params"] > 0
@@ -44,12 +47,16 @@ def test_dvc_repro_runs_the_pipeline_and_a_second_repro_is_a_no_op(repo, tmp_pat
     half = searched["budgets"]["half"]
     assert half["macs"] <= half["budget_macs"] and half["lpips_alex_randinit"] <= half["uniform_lpips_alex_randinit"]
     assert (repo / "artifacts/search/configs.json").exists()
+    web = searched["budgets"]["web"]
+    assert web["budget_ms"] == 1000 and web["within_budget"] == 1 and web["latency_ms_measured"] > 0
+    assert set(searched["latency_model"]) == {"onnxruntime"}
+    assert (repo / "artifacts/search/latency.csv").exists()
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())
     assert {"fid_randinit", "kid_randinit", "lpips_alex_randinit"} <= set(evaluated["student"])
     assert evaluated["models"]["full"]["latency"]["pytorch"]["batch_1"]["median_ms"] > 0
     assert (repo / "artifacts/evaluate/report.md").exists()
     exported = json.loads((repo / "metrics/export.json").read_text())
-    assert {"full", "half"} <= set(exported["models"])
+    assert {"full", "half", "web"} <= set(exported["models"])
 
     again = run([f"{ENV_BIN}/dvc", "repro"], repo, env)
     assert "didn't change, skipping" in again.stdout + again.stderr
