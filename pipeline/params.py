@@ -301,6 +301,18 @@ LATENCY_RUNTIMES = ("onnxruntime", "executorch")  # pipeline.bench's deployment 
 _LATENCY = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*ms\s*@\s*([A-Za-z0-9_]+?)(?:-(fp32|int8))?\s*")
 
 
+def latency_model(runtime: str, precision: str = "fp32") -> str:
+    """The name of a runtime's latency model (and pipeline.bench runtime) at a precision:
+    ``executorch``, ``executorch-int8``; :func:`split_latency_model` reads it back."""
+    return runtime if precision == "fp32" else f"{runtime}-{precision}"
+
+
+def split_latency_model(name: str) -> tuple[str, str]:
+    """``executorch-int8`` -> (``executorch``, ``int8``); ``onnxruntime`` -> (.., ``fp32``)."""
+    runtime, _, precision = name.partition("-")
+    return runtime, precision or "fp32"
+
+
 class LatencyBudget(NamedTuple):
     """A latency budget ``8ms@executorch``: milliseconds per image at batch 1 in a runtime,
     at a precision (``-int8`` suffix; fp32 without one)."""
@@ -312,7 +324,7 @@ class LatencyBudget(NamedTuple):
     @property
     def model(self) -> str:
         """The latency model it is predicted with: ``executorch``, ``executorch-int8``."""
-        return self.runtime if self.precision == "fp32" else f"{self.runtime}-{self.precision}"
+        return latency_model(self.runtime, self.precision)
 
 
 def parse_budget(value: str | float | int) -> int | float | LatencyBudget:

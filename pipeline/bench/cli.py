@@ -17,6 +17,7 @@ import torch
 from ..errors import PipelineError
 from ..io import write_json
 from ..models.stylegan2 import Generator
+from ..params import split_latency_model
 from .profile import op_table, profile, write_csv
 from .runtimes import RUNTIMES, check_runtimes
 from .suite import bench, ratios, table
@@ -139,11 +140,11 @@ def latency_table(argv: list[str]) -> int:
         cfg = load_student(args.student)[0].cfg
         if args.min_resolution and args.min_resolution not in latency.resolutions_of(cfg, 8):
             raise BenchError(f"--min-resolution: one of {latency.resolutions_of(cfg, 8)}")
-        runtime, _, precision = args.runtime.partition("-")
+        runtime, precision = split_latency_model(args.runtime)
         model = latency.build_model(cfg, latency.widths_choices(cfg, ratios),
                                     latency.resolutions_of(cfg, args.min_resolution), runtime,
                                     args.threads, args.grid if args.grid > 1 else None,
-                                    args.holdout, args.repeats, args.seed, precision or "fp32")
+                                    args.holdout, args.repeats, args.seed, precision)
     except PipelineError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

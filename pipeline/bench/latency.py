@@ -71,17 +71,18 @@ from ..io import write_json
 from ..models.elastic import output_resolutions, quantize, subnet
 from ..models.mobile import MobileSynthesis, StudentConfig, up2
 from ..models.stylegan2 import Generator, NoiseInjection
+from ..params import latency_model
 from .machine import machine_info
 from .runtimes import OPSET, open_runtime
 from .targets import layout_teacher, prepare, random_student
 from .timing import BenchError, measure, using_threads
 
 log = logging.getLogger(__name__)
-VERSION = 3  # of the table's layout and measuring: a cache entry of another version is rebuilt
+VERSION = 4  # of the table's layout and measuring: a cache entry of another version is rebuilt
 KINDS = ("input", "up", "conv1", "conv2", "head")
 RUNTIMES = ("onnxruntime", "executorch")  # params.LATENCY_RUNTIMES
 PRECISIONS = ("fp32", "int8")  # int8: pipeline.export.quantize's files
-MODELS = (*RUNTIMES, *(f"{r}-int8" for r in RUNTIMES))  # params.LatencyBudget.model
+MODELS = tuple(latency_model(r, p) for p in PRECISIONS for r in RUNTIMES)  # params.LatencyBudget.model
 CALIBRATION = 4  # random calls an int8 layer is calibrated on
 WARMUP = 3
 
@@ -322,13 +323,19 @@ def _ort_ms(module: nn.Module, xs: list[torch.Tensor], path: Path, threads: int,
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tuple(xs), str(path), input_names=names, opset_version=OPSET,
                           dynamo=False)
+    # An input the layer ignores (a level's first conv reads no style: Upsample.absorb)
+    # is not in the file.
+    import onnx
+
+    kept = [i for i, n in enumerate(names) if n in {v.name for v in onnx.load(str(path)).graph.input}]
     if calibration is not None:
         from ..export.quantize import quantize_onnx
 
-        quantize_onnx(path, path.with_suffix(".int8.onnx"), calibration, names)
+        quantize_onnx(path, path.with_suffix(".int8.onnx"),
+                      [tuple(call[i] for i in kept) for call in calibration], [names[i] for i in kept])
         path = path.with_suffix(".int8.onnx")
     session = _ort_session(path, threads)
-    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs, strict=True)}
+    feed = {names[i]: xs[i].numpy() for i in kept}
     return measure(lambda: session.run(None, feed), WARMUP, repeats)["min_ms"]
 
 
@@ -462,7 +469,7 @@ def build_model(cfg: StudentConfig, choices: list[list[int]], resolutions: list[
     why = check_installed(runtime, precision)
     if why:
         raise BenchError(f"{runtime} ({precision}) cannot run here: {why}")
-    name = runtime if precision == "fp32" else f"{runtime}-{precision}"  # pipeline.bench's runtime
+    name = latency_model(runtime, precision)  # pipeline.bench's runtime
     start = time.perf_counter()
     table_choices = [grid(c, grid_points) for c in choices]
     layers = micro_layers(cfg, table_choices, resolutions)

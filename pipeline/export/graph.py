@@ -20,7 +20,10 @@ computes the same image with fewer operations:
   multiplied into the head's 1x1 conv.
 * IDWT up-sampling inside the network: a fixed grouped 1x1 conv (the 4x4 Haar
   matrix per channel) and a pixel shuffle, which XNNPACK, ONNX Runtime and Core ML
-  run as single ops (no reshapes or slices).
+  run as single ops (no reshapes or slices). The level's first conv is modulated
+  there too: its style s1 scales output channel c of the IDWT, which only band
+  channels 4c..4c+3 make, so s1 joins the up-sampling's own style on the small
+  input (s_up[4c + b] * s1[c]) instead of taking a full-resolution pass of its own.
 * Noise: baked in. Each layer adds strength x the teacher's fixed noise map
   (``Generator.make_noise(1, "const")``, the teacher's ``noise_mode="const"``), one
   [1, 1, r, r] constant, so an input always gives the same image.
@@ -96,6 +99,7 @@ class StyledConv(nn.Module):
     def __init__(self, layer: TrainingStyledConv, index: int, noise: torch.Tensor, gain_in: float,
                  const_input: torch.Tensor | None = None) -> None:
         super().__init__()
+        self.modulated = True  # False: the input comes modulated (Upsample.absorb)
         conv = copy.deepcopy(layer.conv).double()  # every constant below folded in float64
         if conv.demodulation == "fused":
             raise ValueError("fold the fused demodulation first (fold_demodulation)")
@@ -119,8 +123,10 @@ class StyledConv(nn.Module):
         self.noise = None if strength == 0 else _const(strength * noise.double())
 
     def forward(self, x: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
-        s = _style(w, self.affine_weight, self.affine_bias)
-        x = (self.const if x is None else x) * s[:, :, None, None]
+        s = _style(w, self.affine_weight, self.affine_bias) if self.modulated or self.exact else None
+        x = self.const if x is None else x
+        if self.modulated:
+            x = x * s[:, :, None, None]
         if self.weight_dw is not None:
             x = F.conv2d(x, self.weight_dw, padding=self.padding, groups=self.channels)
         if self.exact:
@@ -135,13 +141,15 @@ class StyledConv(nn.Module):
 
 
 class Upsample(nn.Module):
-    """IDWT up-sampling: x * s, the Haar matrix as a grouped 1x1 conv, pixel shuffle."""
+    """IDWT up-sampling: x * s, the Haar matrix as a grouped 1x1 conv, pixel shuffle
+    (with the next conv's style s1 in s once :meth:`absorb` has run)."""
 
     def __init__(self, up: IDWTUpsample, index: int, gain_in: float) -> None:
         super().__init__()
         self.index = index
         self.affine_weight, self.affine_bias = _affine(up.modulation, gain_in)
         self.groups = up.modulation.weight.shape[0] // 4
+        self.next_weight = self.next_bias = None
 
         def band_idwt(x: torch.Tensor) -> torch.Tensor:  # the module itself, unmodulated
             b, c4, h, w = x.shape
@@ -151,8 +159,21 @@ class Upsample(nn.Module):
         mix = _pixel_shuffle_mix(band_idwt, 4)  # [4 pixels, 4 bands]
         self.haar = _const(mix.repeat(self.groups, 1)[:, :, None, None])  # [4C, 4, 1, 1]
 
+    def absorb(self, conv: StyledConv) -> None:
+        """Modulate ``conv``'s input here: the IDWT maps band channels 4c..4c+3 to output
+        channel c alone, so s1[c] may scale those bands instead of the 4x larger output.
+        ``conv`` reads the same W+ entry; it keeps its affine for exact demodulation."""
+        if conv.index != self.index or conv.channels != self.groups or conv.weight_dw is None:
+            raise ValueError("absorb takes the level's first conv, right after this up-sampling")
+        self.next_weight, self.next_bias = conv.affine_weight, conv.affine_bias
+        conv.modulated = False
+
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = x * _style(w, self.affine_weight, self.affine_bias)[:, :, None, None]
+        s = _style(w, self.affine_weight, self.affine_bias)
+        if self.next_weight is not None:  # a broadcast multiply: XNNPACK runs it, unlike an expand
+            s1 = _style(w, self.next_weight, self.next_bias)
+            s = (s.view(-1, self.groups, 4) * s1.view(-1, self.groups, 1)).flatten(1)
+        x = x * s[:, :, None, None]
         return F.pixel_shuffle(F.conv2d(x, self.haar, groups=self.groups), 2)
 
 
@@ -195,9 +216,9 @@ class Synthesis(nn.Module):
         heads = [student.head1]
         for b, level in enumerate(student.levels):
             i = 2 * b + 1  # the teacher's W+/noise index of the level's first conv
-            layers += [Upsample(level.up, i, GAIN),
-                       StyledConv(level.conv1, i, noise[i], 1.0),
-                       StyledConv(level.conv2, i + 1, noise[i + 1], GAIN)]
+            up, conv1 = Upsample(level.up, i, GAIN), StyledConv(level.conv1, i, noise[i], 1.0)
+            up.absorb(conv1)
+            layers += [up, conv1, StyledConv(level.conv2, i + 1, noise[i + 1], GAIN)]
             heads.append(level.head)
         self.layers = nn.ModuleList(layers)
         # Images come out in [-1, 1]; (lo, hi) = alpha * x + beta. With skips every head

@@ -116,12 +116,13 @@ def lower_int8_xnnpack(module: torch.nn.Module, calibration: torch.Tensor | Sequ
 def quantize_pte(model: torch.nn.Module, path: Path,
                  calibration: torch.Tensor | Sequence[Sample]) -> dict[str, Any]:
     """Write the int8 XNNPACK program of ``model`` to ``path``, calibrated on ``calibration``."""
-    edge = lower_int8_xnnpack(model, calibration, path.name)
+    samples = check_calibration(calibration, path.name)
+    edge = lower_int8_xnnpack(model, samples, path.name)
     with _quiet():
         facts = pte_facts(edge)
         path.write_bytes(edge.to_executorch().buffer)
     return {**facts, "quantization": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
-            "calibration_samples": len(samples_of(calibration))}
+            "calibration_samples": len(samples)}
 
 
 def quantize_onnx(src: Path, dst: Path, calibration: torch.Tensor | Sequence[Sample],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.export.graph import OutputHead, StyledConv, build, reference
+from pipeline.export.graph import OutputHead, StyledConv, Upsample, build, reference
 from pipeline.models.mobile import MobileSynthesis, fold_demodulation
 
 from .conftest import make_student
@@ -137,3 +137,16 @@ def test_a_sliced_subnetwork_exports_what_it_computes(tiny_teacher, tiny_student
         # physically smaller: the pointwise weights have the sliced shapes
         assert sum(p.numel() for p in model.parameters()) < sum(
             p.numel() for p in build(tiny_student, tiny_teacher, "wplus").parameters())
+
+
+@pytest.mark.parametrize("demodulation", ["fused", "exact"])
+def test_a_levels_first_conv_is_modulated_in_its_up_sampling_not_at_full_resolution(
+        tiny_teacher, demodulation):
+    model = build(make(tiny_teacher, demodulation), tiny_teacher, "wplus")
+    layers = list(model.synthesis.layers)
+    ups = [k for k, m in enumerate(layers) if isinstance(m, Upsample)]
+    assert ups and all(m.modulated == (k - 1 not in ups) for k, m in enumerate(layers)
+                       if isinstance(m, StyledConv))
+    assert all(layers[k].next_weight is layers[k + 1].affine_weight for k in ups)
+    with pytest.raises(ValueError, match="first conv"):
+        layers[ups[0]].absorb(layers[ups[0] + 2])  # the level's second conv reads another entry
