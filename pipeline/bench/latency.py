@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 from ..errors import PipelineError
+from ..export.graph import for_runtime
 from ..io import write_json
 from ..models.elastic import output_resolutions, quantize, subnet
 from ..models.mobile import MobileSynthesis, StudentConfig, up2
@@ -321,8 +322,8 @@ def _ort_ms(module: nn.Module, xs: list[torch.Tensor], path: Path, threads: int,
     names = [f"x{i}" for i in range(len(xs))]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(xs), str(path), input_names=names, opset_version=OPSET,
-                          dynamo=False)
+        torch.onnx.export(for_runtime(module, "onnxruntime"), tuple(xs), str(path),
+                          input_names=names, opset_version=OPSET, dynamo=False)
     # An input the layer ignores (a level's first conv reads no style: Upsample.absorb)
     # is not in the file.
     import onnx
@@ -377,7 +378,7 @@ def executorch_layers(layers: Sequence[Layer], style_dim: int, threads: int, rep
         groups.setdefault((layer.key.kind, layer.skip), []).append(layer)
     for (kind, _), group in groups.items():
         t0 = time.perf_counter()
-        net = Branches(group, style_dim).eval()
+        net = for_runtime(Branches(group, style_dim).eval(), "xnnpack")
         xs = [x for layer in group for x in layer.inputs(style_dim)]
         path, dump = workdir / f"{kind}.pte", workdir / f"{kind}.etdump"
         with warnings.catch_warnings(), torch.no_grad():

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import PipelineError
-from .graph import ExportModel
+from .graph import ExportModel, for_runtime
 
 Format = Literal["onnx", "pte", "coreml"]
 FORMATS: tuple[Format, ...] = ("onnx", "pte", "coreml")
@@ -96,7 +96,8 @@ def example_input(model: ExportModel, fp16: bool, batch: int = 1) -> torch.Tenso
 
 # -- ONNX -----------------------------------------------------------------------------
 def export_onnx(model: ExportModel, path: Path, fp16: bool, opset: int) -> dict[str, Any]:
-    net = model.half() if fp16 else model.float()
+    net = for_runtime(model, "onnxruntime")
+    net = net.half() if fp16 else net.float()
     with _quiet(), torch.no_grad():
         torch.onnx.export(net, (example_input(model, fp16, 2),), str(path), opset_version=opset,
                           dynamo=False, input_names=[model.kind], output_names=[OUTPUT_NAME],
@@ -132,7 +133,8 @@ def export_pte(model: ExportModel, path: Path, fp16: bool) -> dict[str, Any]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    net = model.half() if fp16 else model.float()
+    net = for_runtime(model, "xnnpack")
+    net = net.half() if fp16 else net.float()
     try:
         with _quiet(), torch.no_grad():
             program = torch.export.export(net, (example_input(model, fp16),))

@@ -24,6 +24,11 @@ computes the same image with fewer operations:
   there too: its style s1 scales output channel c of the IDWT, which only band
   channels 4c..4c+3 make, so s1 joins the up-sampling's own style on the small
   input (s_up[4c + b] * s1[c]) instead of taking a full-resolution pass of its own.
+  Each runtime's file takes the form of the Haar mix and shuffle that runtime runs
+  fastest (:func:`for_runtime`; the same image): ONNX Runtime one grouped
+  ConvTranspose (kernel 2, stride 2: mix and shuffle in one op), XNNPACK a grouped 1x1
+  conv over 4 channels' bands at a time (a block-diagonal 16 x 16 kernel: its grouped
+  GEMM is slow on 4-channel groups), others the 4-channel groups.
 * Noise: baked in. Each layer adds strength x the teacher's fixed noise map
   (``Generator.make_noise(1, "const")``, the teacher's ``noise_mode="const"``), one
   [1, 1, r, r] constant, so an input always gives the same image.
@@ -64,6 +69,12 @@ from ..models.stylegan2 import EqualLinear, Generator, PixelNorm
 from ..models.wavelets import idwt
 
 InputKind = Literal["wplus", "w", "z"]
+UpsampleForm = Literal["shuffle", "blocks", "deconv"]
+# The IDWT up-sampling's form per runtime (for_runtime); any other runtime: "shuffle".
+# Measured at 1024, 1 thread (README "Benchmark"): XNNPACK 224 -> 192 ms with "blocks"
+# (ORT 188 -> 212: slower), ONNX Runtime 200 -> 191 ms with "deconv" (XNNPACK: 2.4x slower).
+RUNTIME_FORMS: dict[str, UpsampleForm] = {"onnxruntime": "deconv", "xnnpack": "blocks"}
+BLOCK = 4  # output channels per group of the "blocks" form
 INPUT_KINDS: tuple[InputKind, ...] = ("wplus", "w", "z")
 SLOPE, GAIN = 0.2, math.sqrt(2.0)  # the leaky ReLU of FusedLeakyReLU
 
@@ -142,7 +153,8 @@ class StyledConv(nn.Module):
 
 class Upsample(nn.Module):
     """IDWT up-sampling: x * s, the Haar matrix as a grouped 1x1 conv, pixel shuffle
-    (with the next conv's style s1 in s once :meth:`absorb` has run)."""
+    (with the next conv's style s1 in s once :meth:`absorb` has run). :meth:`set_form`
+    writes the mix and shuffle another way (same image)."""
 
     def __init__(self, up: IDWTUpsample, index: int, gain_in: float) -> None:
         super().__init__()
@@ -156,8 +168,28 @@ class Upsample(nn.Module):
             x = x.view(b, c4 // 4, 4, h, w)
             return idwt(torch.cat([x[:, :, 0], x[:, :, 1:].flatten(1, 2)], 1))
 
-        mix = _pixel_shuffle_mix(band_idwt, 4)  # [4 pixels, 4 bands]
-        self.haar = _const(mix.repeat(self.groups, 1)[:, :, None, None])  # [4C, 4, 1, 1]
+        self.haar = _pixel_shuffle_mix(band_idwt, 4).float()  # [4 pixels, 4 bands]: not a parameter
+        self.set_form("shuffle")
+
+    def set_form(self, form: UpsampleForm) -> None:
+        """``shuffle``: grouped 1x1 conv (4 bands -> 4 pixels per channel), pixel shuffle;
+        ``blocks``: the same with BLOCK channels per group (a block-diagonal kernel);
+        ``deconv``: one grouped ConvTranspose, kernel 2, stride 2 (pixel (i, j) of channel
+        c from its bands: weight[4c + b, 0, i, j] = haar[2i + j, b])."""
+        c, mix = self.groups, self.haar
+        if form == "deconv":
+            kernel, groups = mix.t().reshape(1, 4, 1, 2, 2).expand(c, -1, -1, -1, -1), c
+        elif form in ("blocks", "shuffle"):
+            k = next(k for k in (BLOCK, 2, 1) if c % k == 0) if form == "blocks" else 1
+            kernel = torch.zeros(c // k, k, 4, k, 4)
+            for j in range(k):
+                kernel[:, j, :, j, :] = mix
+            groups = c // k
+        else:
+            raise ValueError(f"up-sampling form must be shuffle, blocks or deconv, got {form!r}")
+        self.form, self.mix_groups = form, groups
+        self.mix = _const(kernel.reshape(4 * c, -1, *kernel.shape[-2:]) if form == "deconv"
+                          else kernel.reshape(4 * c, 4 * (c // groups), 1, 1))
 
     def absorb(self, conv: StyledConv) -> None:
         """Modulate ``conv``'s input here: the IDWT maps band channels 4c..4c+3 to output
@@ -174,7 +206,22 @@ class Upsample(nn.Module):
             s1 = _style(w, self.next_weight, self.next_bias)
             s = (s.view(-1, self.groups, 4) * s1.view(-1, self.groups, 1)).flatten(1)
         x = x * s[:, :, None, None]
-        return F.pixel_shuffle(F.conv2d(x, self.haar, groups=self.groups), 2)
+        if self.form == "deconv":
+            return F.conv_transpose2d(x, self.mix, stride=2, groups=self.mix_groups)
+        return F.pixel_shuffle(F.conv2d(x, self.mix, groups=self.mix_groups), 2)
+
+
+def for_runtime(model: nn.Module, runtime: str) -> nn.Module:
+    """``model`` with its IDWT up-samplings in ``runtime``'s form (RUNTIME_FORMS): a copy,
+    or ``model`` itself when nothing changes (a teacher, a layer without up-sampling)."""
+    form = RUNTIME_FORMS.get(runtime, "shuffle")
+    if all(m.form == form for m in model.modules() if isinstance(m, Upsample)):
+        return model
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, Upsample):
+            m.set_form(form)
+    return model
 
 
 class OutputHead(nn.Module):

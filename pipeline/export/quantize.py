@@ -27,7 +27,7 @@ from ..errors import PipelineError
 from ..metrics.fixed_latents import psnr
 from ..models.stylegan2 import Generator
 from .formats import Format, _quiet, first_unusable, pte_facts
-from .graph import InputKind
+from .graph import InputKind, for_runtime
 
 INT8_FORMATS: tuple[Format, ...] = ("onnx", "pte")
 _NEEDS = {
@@ -106,7 +106,8 @@ def lower_int8_xnnpack(module: torch.nn.Module, calibration: torch.Tensor | Sequ
     samples = check_calibration(calibration, where)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with _quiet(), torch.no_grad():
-        prepared = prepare_pt2e(torch.export.export(module.float(), samples[0]).module(), quantizer)
+        module = for_runtime(module, "xnnpack").float()
+        prepared = prepare_pt2e(torch.export.export(module, samples[0]).module(), quantizer)
         for sample in samples:
             prepared(*sample)
         program = torch.export.export(convert_pt2e(prepared), samples[0])

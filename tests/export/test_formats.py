@@ -48,6 +48,15 @@ def test_the_z_variant_carries_the_mapping_network(tiny_teacher, tiny_student, t
     assert torch.allclose(formats.run_onnx(path, z, batch=2), formats.run_onnx(path, z), atol=1e-6)
 
 
+def test_the_onnx_file_up_samples_with_one_conv_transpose_per_level(tiny_teacher, tiny_student,
+                                                                    tmp_path):
+    onnx = pytest.importorskip("onnx")
+    formats.export_onnx(build(tiny_student, tiny_teacher, "w"), tmp_path / "w.onnx", False, 18)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "w.onnx")).graph.node]
+    assert ops.count("ConvTranspose") == len(tiny_student.levels)
+    assert ops.count("DepthToSpace") == 1  # the last head's IDWT alone
+
+
 def test_the_pte_file_runs_in_the_xnnpack_delegate(tiny_teacher, tiny_student, tmp_path):
     facts = formats.export_pte(build(tiny_student, tiny_teacher, "wplus"), tmp_path / "m.pte", False)
     assert facts["delegate_calls"] >= 1

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.export.graph import OutputHead, StyledConv, Upsample, build, reference
+from pipeline.export.graph import (
+    RUNTIME_FORMS,
+    OutputHead,
+    StyledConv,
+    Upsample,
+    build,
+    for_runtime,
+    reference,
+)
 from pipeline.models.mobile import MobileSynthesis, fold_demodulation
 
 from .conftest import make_student
@@ -150,3 +158,27 @@ def test_a_levels_first_conv_is_modulated_in_its_up_sampling_not_at_full_resolut
     assert all(layers[k].next_weight is layers[k + 1].affine_weight for k in ups)
     with pytest.raises(ValueError, match="first conv"):
         layers[ups[0]].absorb(layers[ups[0] + 2])  # the level's second conv reads another entry
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "xnnpack", "coreml"])
+@pytest.mark.parametrize("demodulation", ["fused", "exact"])
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_each_runtimes_form_of_the_up_sampling_draws_the_same_image(tiny_teacher, runtime,
+                                                                     demodulation, head):
+    from pipeline.models.elastic import subnet
+
+    student = make(tiny_teacher, demodulation, head)
+    x = inputs(tiny_teacher, "wplus")
+    # the sub-network's levels have 3 and 2 channels: blocks of 1 and 2 channels
+    for net in (student, subnet(student, [12, 12, 8, 8], 16).eval()):
+        model = build(net, tiny_teacher, "wplus")
+        flavoured = for_runtime(model, runtime)
+        assert {m.form for m in flavoured.modules() if isinstance(m, Upsample)} == {
+            RUNTIME_FORMS.get(runtime, "shuffle")}
+        with torch.no_grad():
+            got = flavoured(x)
+        assert (got - reference(net, tiny_teacher, "wplus", x)).abs().max() < 2e-5
+        assert {m.form for m in model.modules() if isinstance(m, Upsample)} == {"shuffle"}  # a copy
+    assert for_runtime(model, "coreml") is model  # nothing to change, nothing copied
+    with pytest.raises(ValueError, match="shuffle, blocks or deconv"):
+        next(m for m in model.modules() if isinstance(m, Upsample)).set_form("nearest")
