@@ -37,6 +37,26 @@ def test_a_sliced_subnetwork_runs_the_same_in_its_runtime(tiny_teacher, tiny_stu
     assert check(model, sub, tiny_teacher, fmt, False, tmp_path) < 1e-4
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+@pytest.mark.parametrize("demodulation", ["fused", "exact"])
+@pytest.mark.parametrize("head", ["wavelet", "uptorgb"])
+def test_each_formats_graph_matches_the_training_network_at_batch_1_and_4(tiny_teacher, tmp_path,
+                                                                         fmt, demodulation, head):
+    from pipeline.models.elastic import subnet
+
+    from .conftest import make_student
+
+    student = make_student(tiny_teacher, demodulation, head)
+    for net in (student, subnet(student, [12, 12, 8, 8], 16).eval()):  # 3 and 2 channels per level
+        path = tmp_path / f"{net.cfg.resolution}{formats.SUFFIX[fmt]}"
+        formats.export(fmt, build(net, tiny_teacher, "wplus"), path, False, opset=18)
+        for batch in (1, 4):
+            x = torch.randn(batch, tiny_teacher.cfg.n_latent, tiny_teacher.cfg.style_dim,
+                            generator=torch.Generator().manual_seed(batch))
+            got = formats.RUNNERS[fmt](path, x)
+            assert (got - reference(net, tiny_teacher, "wplus", x)).abs().max() < 1e-4
+
+
 def test_the_z_variant_carries_the_mapping_network(tiny_teacher, tiny_student, tmp_path):
     model = build(tiny_student, tiny_teacher, "z", truncation_psi=0.5)
     path = tmp_path / "z.onnx"
