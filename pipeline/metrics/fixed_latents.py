@@ -1,8 +1,9 @@
 """Fixed latents -> distances to a reference: the one path behind distill's validation,
 the search's fitness and the evaluate stage's per-model figures.
 
-``FixedLatents`` draws ``num_samples`` latents once (seeded) and keeps, chunk by chunk,
-the teacher's W+, noise and image; every model is then run on exactly those inputs.
+``FixedLatents`` draws ``num_samples`` latents once (seeded, each sample from its own
+stream: the chunk size changes nothing) and keeps, chunk by chunk, the teacher's W+,
+noise and image; every model is then run on exactly those inputs.
 One resolution convention everywhere: a model whose output is smaller than the
 teacher's is bilinearly up-sampled to the full size, as it would be shown, so the
 detail it lacks counts against it.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..models.sampling import Targets, teacher_targets, upsample
+from ..models.sampling import Targets, fixed_targets, upsample
 from ..models.stylegan2 import Generator
 from .perceptual import LPIPS
 
@@ -61,11 +62,10 @@ class FixedLatents:
         self._kept = list(self._draw()) if self.keep else None
 
     def _draw(self) -> Iterator[Targets]:
-        g = torch.Generator().manual_seed(self.seed)
         for start in range(0, self.num_samples, self.batch_size):
-            n = min(self.batch_size, self.num_samples - start)
-            yield teacher_targets(self.teacher, n, self.truncation_psi, self.mixing, g,
-                                  self.device)
+            chunk = range(start, min(start + self.batch_size, self.num_samples))
+            yield fixed_targets(self.teacher, self.seed, chunk, self.truncation_psi, self.mixing,
+                                self.device)
 
     def __iter__(self) -> Iterator[Targets]:
         return iter(self._kept) if self._kept is not None else self._draw()

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .stylegan2 import Generator
+from .stylegan2 import Generator, derived_seed
 
 
 class Targets(NamedTuple):
@@ -40,6 +40,31 @@ def teacher_targets(
         crossover = int(torch.randint(1, n, (), generator=generator))
     out = teacher(z, truncation_psi, z_mix, crossover, noise_mode="random", generator=generator)
     return Targets(out.wplus, out.noise, out.image)
+
+
+@torch.no_grad()
+def fixed_targets(
+    teacher: Generator, seed: int, indices: range, truncation_psi: float, mixing_prob: float,
+    device: torch.device | str,
+) -> Targets:
+    """Samples ``indices`` of the fixed set ``seed``. Each sample draws from its own stream
+    (its z, whether it mixes styles and where, its noise), so a sample is the same in any
+    chunk (chunk sizes are memory, not results) and style mixing varies sample by sample
+    (one crossover per chunk would leave a set's low percentiles to a few draws)."""
+    d, n = teacher.cfg.style_dim, teacher.cfg.n_latent
+    z, crossovers, noises = [], [], []
+    for i in indices:
+        g = torch.Generator().manual_seed(derived_seed(f"fixed-latent/{i}", seed))
+        z.append(torch.randn(2, d, generator=g))  # its z and its mixing z
+        mixes = torch.rand((), generator=g).item() < mixing_prob
+        crossover = int(torch.randint(1, n, (), generator=g))
+        crossovers.append(crossover if mixes else n)
+        noises.append(teacher.make_noise(1, "random", generator=g))
+    w = teacher.truncate(teacher.mapping(torch.cat(z).to(device)), truncation_psi).view(-1, 2, 1, d)
+    mixed = torch.arange(n, device=device) >= torch.tensor(crossovers, device=device)[:, None]
+    wplus = torch.where(mixed[..., None], w[:, 1], w[:, 0])  # [B, n, D]
+    noise = [torch.cat(layer) for layer in zip(*noises, strict=True)]
+    return Targets(wplus, noise, teacher.synthesis(wplus, noise))
 
 
 @torch.no_grad()

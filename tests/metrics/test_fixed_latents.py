@@ -36,6 +36,25 @@ def test_kept_and_redrawn_latents_are_the_same(tiny_teacher):
     assert not torch.equal(next(iter(other)).image, next(iter(kept)).image)
 
 
+def test_the_chunk_size_changes_no_sample_and_styles_mix_sample_by_sample(tiny_teacher):
+    """validation.batch_size and friends are memory, not results: sample i is the same in
+    chunks of 3 and of 8, W+, noise and image; mixing draws a crossover per sample."""
+    def whole(batch_size: int):
+        chunks = list(FixedLatents(tiny_teacher, 24, batch_size, 0.7, seed=5, device="cpu", mixing=0.5))
+        noise = [torch.cat(layer) for layer in zip(*(c.noise for c in chunks), strict=True)]
+        return torch.cat([c.wplus for c in chunks]), noise, torch.cat([c.image for c in chunks])
+
+    (w3, n3, i3), (w8, n8, i8) = whole(3), whole(8)
+    assert torch.equal(w3, w8) and all(torch.equal(a, b) for a, b in zip(n3, n8, strict=True))
+    torch.testing.assert_close(i3, i8, rtol=0, atol=1e-5)  # batched arithmetic: ~1e-6 apart
+    # Where each sample's styles switch to its second latent (n_latent: they do not).
+    n = tiny_teacher.cfg.n_latent
+    switch = [next((k for k in range(1, n) if not torch.equal(w[k], w[0])), n) for w in w3]
+    mixed = [k for k in switch if k < n]
+    assert 4 <= len(mixed) <= 20 and len(set(mixed)) >= 3, switch
+    assert len(set(switch[:8])) >= 2, "one chunk's samples mix alike"
+
+
 def test_a_smaller_output_is_compared_up_sampled_to_full_size(tiny_teacher, lpips):
     latents = FixedLatents(tiny_teacher, 4, 4, 1.0, seed=0, device="cpu")
 
