@@ -34,7 +34,7 @@ from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..errors import PipelineError
 from ..io import write_json
-from ..metrics.fixed_latents import FixedLatents, PerSample, psnr
+from ..metrics.fixed_latents import FixedLatents, PerSample, Synthesis, psnr
 from ..models.mobile import MobileSynthesis, StudentOutput
 from ..models.sampling import teacher_targets
 from ..models.stylegan2 import Generator, derived_seed
@@ -44,17 +44,6 @@ from .loop import _ema_update, generator_lr
 from .loss import DistillLoss
 
 
-class _Synthesis(torch.nn.Module):
-    """A generator's synthesis network as the fixed latents call a model: (W+, noise) -> image."""
-
-    def __init__(self, generator: Generator) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, wplus: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
-        return self.generator.synthesis(wplus, noise)
-
-
 def validation_latents(teacher: Generator, cfg: Distill, device: torch.device | str = "cpu") -> FixedLatents:
     """The distill stage's validation latents (its seed, count, truncation, style mixing)."""
     v = cfg.validation
@@ -62,7 +51,7 @@ def validation_latents(teacher: Generator, cfg: Distill, device: torch.device | 
                         mixing=cfg.style_mixing_prob)
 
 
-def score(model: torch.nn.Module, latents: FixedLatents) -> dict[str, float]:
+def score(model: Synthesis, latents: FixedLatents) -> dict[str, float]:
     """``psnr_median`` and ``psnr_p10`` (dB) of ``model`` to the teacher on ``latents``."""
     per_sample = PerSample()
     per_sample.add({"psnr": torch.cat([psnr(image, t.image) for t, image in latents.outputs(model)])})
@@ -88,7 +77,7 @@ def train_reference(teacher: Generator, cfg: Distill, latents: FixedLatents, see
     points = []
 
     def validate(step: int) -> None:
-        points.append({"step": step, **score(_Synthesis(ema), latents)})
+        points.append({"step": step, **score(ema.synthesis, latents)})
         if on_point:
             on_point(points[-1])
 
