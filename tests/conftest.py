@@ -131,7 +131,9 @@ def tiny_distill(**overrides) -> dict:
         "loss": {"multiscale_perceptual": 0.5, "gan": 0.1},
         "lpips": "alex",
         "adversarial": {"channel_max": 16, "r1_every": 4},
-        "validation": {"every": 4, "num_samples": 4, "grid_samples": 2},
+        # An 8-step student overshoots a peak now and then: reported, not judged here
+        # (the gate's own test, tests/stages/test_distill_stage.py, sets it).
+        "validation": {"every": 4, "num_samples": 4, "grid_samples": 2, "max_exploded": None},
         "checkpoint_every": 2, "log_every": 2,
     }
     return with_overrides(cfg, overrides)
