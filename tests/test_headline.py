@@ -124,7 +124,8 @@ def test_the_stages_fill_the_pipeline_run(tmp_path, monkeypatch, mlflow_uri):
     monkeypatch.setenv(tracking.RUN_GROUP_ENV, "nightly-7")
     params = tiny_params()
     params["distill"] = {**params["distill"], "steps": 2, "validation": {"every": 2, "num_samples": 4,
-                                                                          "grid_samples": 2}}
+                                                                          "grid_samples": 2,
+                                                                          "max_exploded": None}}
     import yaml
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
