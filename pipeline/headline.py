@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RUNTIMES = ("pytorch", "onnxruntime", "executorch")
-INT8_RUNTIMES = ("onnxruntime-int8", "executorch-int8")
+REDUCED_PRECISION = ("onnxruntime-int8", "executorch-int8", "executorch-fp16")
 
 
 def _number(value: Any) -> float | None:
@@ -65,7 +65,7 @@ def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
                 out[f"{name}_exploded"] = figures.get("exploded")
             for key in ("fid", "fid_randinit", "kid", "kid_randinit"):
                 out[f"{name}_{key}"] = figures.get(key)
-            for runtime in (*RUNTIMES, *INT8_RUNTIMES):
+            for runtime in (*RUNTIMES, *REDUCED_PRECISION):
                 batch_1 = figures.get("latency", {}).get(runtime, {}).get("batch_1", {})
                 out[f"{name}_ms_{runtime}"] = batch_1.get("median_ms")
     elif stage == "export":

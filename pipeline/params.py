@@ -454,10 +454,11 @@ class Latency(Section):
 
     enabled: bool = True
     runtimes: list[Literal["pytorch", "onnxruntime", "executorch", "onnxruntime-int8",
-                           "executorch-int8"]] = Field(
+                           "executorch-int8", "executorch-fp16"]] = Field(
         ["pytorch", "onnxruntime", "executorch", "onnxruntime-int8", "executorch-int8"],
         min_length=1, description="-int8: the file quantized as the export stage does "
-        "(calibrated on the teacher's mapping network); not used for the 1024 ratio")
+        "(calibrated on the teacher's mapping network); -fp16: the export stage's half-precision "
+        "program; neither is used for the 1024 ratio")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 8], min_length=1)
     warmup: Annotated[int, Field(ge=0)] = 2
     repeats: Annotated[int, Field(ge=1)] = 10

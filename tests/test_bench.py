@@ -265,3 +265,31 @@ def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
     cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_threads, cfg.runtimes = True, 1, [], cfg.runtimes[1:]
     bench.evaluate_latency(cfg, [], tiny_teacher, tmp_path / "ratio")
     assert asked == [["onnxruntime"]]
+
+
+def test_the_fp16_runtime_times_the_half_precision_program_beside_fp32(tiny_teacher, tmp_path, monkeypatch):
+    """executorch-fp16: the export stage's half-precision .pte, fed the W+ in float16; its
+    output is near the fp32 eager image (fp16-sized, not zero), no efficiency against an
+    fp32 peak, and the 1024 ratio keeps to the fp32 runtimes."""
+    from types import SimpleNamespace
+
+    from pipeline.bench import suite
+
+    models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
+    cfg = SimpleNamespace(runtimes=["pytorch", "executorch", "executorch-fp16"], batch_sizes=[1],
+                          warmup=0, repeats=2, threads=1, ratio_1024=False)
+    latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
+    assert not latency["skipped"]
+    assert [row[1] for row in latency["rows"]] == cfg.runtimes
+    parity = latency["parity"]["full"]
+    assert parity["executorch"] < 1e-4 < parity["executorch-fp16"] < 0.05
+    assert (tmp_path / "models" / "full" / "student.fp16.pte").is_file()
+    figures = latency["models"]["full"]
+    assert figures["executorch-fp16"]["batch_1"]["efficiency"] is None
+    assert figures["executorch"]["batch_1"]["efficiency"] > 0
+    asked = []
+    monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, *a, **k: asked.append(
+        runtimes) or {"latency_ratio": {}, "threads": 1, "bench": {"models": {}}})
+    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_threads = True, 1, []
+    bench.evaluate_latency(cfg, [], tiny_teacher, tmp_path / "ratio")
+    assert asked == [["pytorch", "executorch"]]

@@ -19,7 +19,9 @@ Runtimes (one thread count for all of them, so the comparison is fair):
 * ``onnxruntime``: the CPU execution provider (CUDA's when ``device="cuda"`` and
   onnxruntime has it), ``intra_op_num_threads``, full graph optimisation;
 * ``executorch``: the ``.pte`` file in ``executorch.runtime`` (XNNPACK thread pool set to
-  the same count), batch 1 only (the program is exported for batch 1).
+  the same count), batch 1 only (the program is exported for batch 1);
+* ``onnxruntime-int8``, ``executorch-int8``, ``executorch-fp16`` (opt-in): the files
+  quantized to int8 as the export stage does, and its half-precision program.
 
 A runtime that is not installed, or a model that does not export or run in it, is not
 an error: the reason is recorded under ``skipped`` and the other figures are still
@@ -30,8 +32,8 @@ Figures: median / p90 / mean / min of ``repeats`` timed calls after ``warmup`` c
 (``time.perf_counter``, CUDA synchronised), achieved GMAC/s = physical MACs of the
 network (:func:`pipeline.cost.count`, ``macs``) x batch / median, and efficiency =
 achieved / the machine's peak, a large fp32 matrix multiply measured in the same process
-with the same threads (:func:`peak_gmacs`); none for int8 runtimes (an fp32 peak is not
-their yardstick).
+with the same threads (:func:`peak_gmacs`); none for int8 and fp16 runtimes (an fp32
+peak is not their yardstick).
 
 :func:`latency_ratio_1024`: the headline ratio, a config-f teacher (random weights:
 speed only) against its default MobileStyleGAN student, batch 1, same run and threads.

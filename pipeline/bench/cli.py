@@ -19,7 +19,7 @@ from ..io import write_json
 from ..models.stylegan2 import Generator
 from ..params import split_latency_model
 from .profile import op_table, profile, write_csv
-from .runtimes import RUNTIMES, check_runtimes
+from .runtimes import REDUCED_PRECISION, RUNTIMES, check_runtimes
 from .suite import bench, ratios, table
 from .targets import RANDOM_WEIGHTS, config_f_pair
 from .timing import BenchError
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--channel-max", type=_positive, default=512,
                      help="for --config-f: channel cap (512, config-f's; smaller for quick tries)")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES),
-                        help=f"comma list of {', '.join(RUNTIMES)} (all)")
+                        help=f"comma list of {', '.join(RUNTIMES + REDUCED_PRECISION)} "
+                        f"(default: {', '.join(RUNTIMES)})")
     parser.add_argument("--batch", type=_batches, default=[1],
                         help="B: batch sizes 1 and B (or a comma list); default 1")
     parser.add_argument("--threads", type=_thread_counts, default=[None],

@@ -1,8 +1,9 @@
 """The runtimes a :class:`~pipeline.bench.targets.Target` is timed in, one adapter each:
 ``pytorch`` (eager), ``onnxruntime`` (the ``export_onnx`` file in one session) and
-``executorch`` (the ``export_pte`` XNNPACK program, batch 1), and the int8 versions of
+``executorch`` (the ``export_pte`` XNNPACK program, batch 1), the int8 versions of
 the two files (``onnxruntime-int8``, ``executorch-int8``: pipeline.export.quantize,
-calibrated on the target's calibration inputs). :func:`open_runtime` builds
+calibrated on the target's calibration inputs) and the half-precision program
+(``executorch-fp16``: the export stage's fp16 variant). :func:`open_runtime` builds
 one (exporting the network where the runtime needs a file); it raises when the runtime is
 not installed or the network does not export to it. Each adapter times calls
 (``runner``) and profiles them with the runtime's own profiler (``profile``)."""
@@ -26,6 +27,9 @@ from .timing import BenchError
 
 RUNTIMES: tuple[str, ...] = ("pytorch", "onnxruntime", "executorch")  # fp32: the default set
 INT8_RUNTIMES: tuple[str, ...] = ("onnxruntime-int8", "executorch-int8")  # static int8 of the same file
+FP16_RUNTIMES: tuple[str, ...] = ("executorch-fp16",)  # the same network in half precision
+# Not timed against the fp32 matmul peak, not in the 1024 ratio (which compares fp32 graphs).
+REDUCED_PRECISION: tuple[str, ...] = INT8_RUNTIMES + FP16_RUNTIMES
 OPSET = 18
 
 
@@ -245,12 +249,32 @@ class _ExecuTorchInt8(_ExecuTorch):
         return quantize_pte(target.net, path, target.calibration_inputs())
 
 
+class _ExecuTorchFp16(_ExecuTorch):
+    """The half-precision XNNPACK program (``export_pte(fp16=True)``, the export stage's
+    fp16 variant): float16 input and output, fed the same W+ cast to float16. XNNPACK
+    computes in fp16 where the CPU has fp16 arithmetic (ARMv8.2+ phones, x86 with
+    AVX512-FP16) and converts to fp32 elsewhere."""
+
+    name = "executorch-fp16"
+    suffix = ".fp16.pte"
+
+    @staticmethod
+    def _write(target: Target, path: Path) -> dict[str, Any]:
+        from ..export.formats import export_pte
+
+        return export_pte(target.net, path, True)
+
+    def runner(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        return super().runner(x.half())
+
+
 # ETDump events that enclose others (the delegate's operators, the whole method)
 _ET_ENVELOPES = ("DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method")
 
 
 _RUNTIME_CLASSES = {"pytorch": _PyTorch, "onnxruntime": _OnnxRuntime, "executorch": _ExecuTorch,
-                    "onnxruntime-int8": _OnnxRuntimeInt8, "executorch-int8": _ExecuTorchInt8}
+                    "onnxruntime-int8": _OnnxRuntimeInt8, "executorch-int8": _ExecuTorchInt8,
+                    "executorch-fp16": _ExecuTorchFp16}
 
 
 def open_runtime(name: str, target: Target, workdir: Path, device: str, threads: int,
@@ -266,10 +290,10 @@ def open_runtime(name: str, target: Target, workdir: Path, device: str, threads:
 def check_runtimes(runtimes: Sequence[str] | str) -> list[str]:
     if isinstance(runtimes, str):
         runtimes = [r.strip() for r in runtimes.split(",") if r.strip()]
-    unknown = [r for r in runtimes if r not in RUNTIMES + INT8_RUNTIMES]
+    unknown = [r for r in runtimes if r not in _RUNTIME_CLASSES]
     if unknown or not runtimes:
         raise BenchError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"choose from {', '.join(RUNTIMES + INT8_RUNTIMES)}")
+                         f"choose from {', '.join(RUNTIMES + REDUCED_PRECISION)}")
     return list(dict.fromkeys(runtimes))
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..models.stylegan2 import Generator
 from .machine import machine_info, machine_text, matmul_rates
-from .runtimes import INT8_RUNTIMES, OPSET, RUNTIMES, check_runtimes, open_runtime
+from .runtimes import OPSET, REDUCED_PRECISION, RUNTIMES, check_runtimes, open_runtime
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, prepare
 from .timing import BenchError, measure, using_threads
 
@@ -137,8 +137,8 @@ def _bench_model(name: str, target: Target, runtimes: list[str], batch_sizes: li
                 macs = None if target.macs is None else target.macs * batch
                 gmacs = None if macs is None else macs / (stats["median_ms"] / 1e3) / 1e9
                 stats["gmacs_per_s"] = gmacs
-                # the peak is fp32's: an int8 file's rate against it says nothing (it can pass 100 %)
-                stats["efficiency"] = (None if gmacs is None or rt in INT8_RUNTIMES
+                # the peak is fp32's: an int8 or fp16 file's rate against it says nothing (int8 can pass 100 %)
+                stats["efficiency"] = (None if gmacs is None or rt in REDUCED_PRECISION
                                        else gmacs / peaks.get(on, peaks["cpu"]))
                 result["models"].setdefault(name, {}).setdefault(rt, {})[batch_key(batch)] = stats
                 result["rows"].append([name, rt, batch, stats["median_ms"], stats["p90_ms"], gmacs,
@@ -217,7 +217,7 @@ def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
     if getattr(cfg, "ratio_1024", False):
         # the configured threads first (the headline ratio), then each other count asked for
         counts = list(dict.fromkeys([cfg.threads, *getattr(cfg, "ratio_threads", [])]))
-        fp32 = [r for r in cfg.runtimes if r not in INT8_RUNTIMES]  # the ratio compares fp32 graphs
+        fp32 = [r for r in cfg.runtimes if r not in REDUCED_PRECISION]  # the ratio compares fp32 graphs
         runs = [latency_ratio_1024(fp32, 1024, 2, min(cfg.warmup, 1),
                                    getattr(cfg, "ratio_repeats", 3), n,
                                    workdir / f"ratio_1024_threads_{n or 'all'}", device=device)

@@ -270,7 +270,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None
 @torch.no_grad()
 def runtime_psnr(files: dict[str, dict[str, str]], teacher: Generator, cfg: Evaluate,
                  ) -> dict[str, dict[str, float]]:
-    """Median PSNR to the teacher of every file the latency table timed (fp32 and int8), as
+    """Median PSNR to the teacher of every file the latency table timed (fp32, int8, fp16), as
     its runtime runs it, on ``latency.quality_samples`` latents: the y of the latency-vs-
     quality Pareto. The files bake in the teacher's fixed noise, so the teacher draws with it."""
     from ..export.formats import onnx_runner, pte_runner
@@ -287,8 +287,10 @@ def runtime_psnr(files: dict[str, dict[str, str]], teacher: Generator, cfg: Eval
         for rt, path in by_runtime.items():
             onnx = rt.startswith("onnxruntime")
             run = onnx_runner(Path(path), cfg.latency.threads) if onnx else pte_runner(Path(path))
+            half = rt.endswith("-fp16")  # a half-precision program takes float16
 
-            def image(w: torch.Tensor, run=run, onnx=onnx) -> torch.Tensor:  # .pte: batch 1
+            def image(w: torch.Tensor, run=run, onnx=onnx, half=half) -> torch.Tensor:  # .pte: batch 1
+                w = w.half() if half else w
                 return run(w) if onnx else torch.cat([run(x) for x in w.split(1)])
 
             scores = torch.cat([psnr(upsample(image(w).float(), t.shape[-1]), t)
