@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..cli import Parser, positive
 from ..errors import PipelineError
 from ..io import write_json
 from ..models.stylegan2 import Generator
@@ -35,12 +36,6 @@ def _jsonable(x: Any) -> Any:  # JSON has no inf / nan: null
     return x
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _batches(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -58,14 +53,7 @@ def _thread_counts(text: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive = positive(int)
 
 
 def _load_models(args: argparse.Namespace) -> tuple[dict[str, Any], Generator | None]:
@@ -110,7 +98,7 @@ def latency_table(argv: list[str]) -> int:
     from . import latency
 
     defaults = Search.model_fields
-    parser = _Parser(prog="python -m pipeline.bench latency-table",
+    parser = Parser(prog="python -m pipeline.bench latency-table",
                      description=latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="student checkpoint (distill's output)")
     parser.add_argument("--runtime", required=True, choices=latency.MODELS,
@@ -161,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["latency-table"]:
         return latency_table(argv[1:])
     description = sys.modules[__package__].__doc__  # the package's: what is timed, and how
-    parser = _Parser(prog="python -m pipeline.bench", description=description,
+    parser = Parser(prog="python -m pipeline.bench", description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_argument_group("models (a teacher and a student also give their latency ratio)")
     src.add_argument("--student", help="student checkpoint (project safetensors, distill's output)")

@@ -202,7 +202,8 @@ def generator_lr(cfg: Distill, step: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / cfg.steps))
 
 
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers copied."""
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
             e.lerp_(p, 1.0 - decay)
@@ -384,7 +385,7 @@ def distill(
                 dist.average_gradients(disc, ctx)
                 scaler.step(opt_d)
             scaler.update()
-            _ema_update(ema, student, cfg.ema_decay)
+            ema_update(ema, student, cfg.ema_decay)
             images_seen += batch * ctx.world
 
             if step % cfg.log_every == 0 or step == cfg.steps:

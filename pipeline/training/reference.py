@@ -32,6 +32,7 @@ import torch
 from .. import usage
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
+from ..cli import Parser, positive
 from ..errors import PipelineError
 from ..io import write_json
 from ..metrics.fixed_latents import FixedLatents, PerSample, Synthesis, psnr
@@ -40,7 +41,7 @@ from ..models.sampling import teacher_targets
 from ..models.stylegan2 import Generator, derived_seed
 from ..models.wavelets import dwt
 from ..params import Distill, load_params
-from .loop import _ema_update, generator_lr
+from .loop import ema_update, generator_lr
 from .loss import DistillLoss
 
 
@@ -97,7 +98,7 @@ def train_reference(teacher: Generator, cfg: Distill, latents: FixedLatents, see
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _ema_update(ema, net, cfg.ema_decay)
+        ema_update(ema, net, cfg.ema_decay)
         bar.update(1)
         if step % cfg.validation.every == 0 or step == cfg.steps:
             validate(step)
@@ -115,33 +116,15 @@ def _student(path: Path, teacher: Generator) -> MobileSynthesis:
     return student.eval()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _positive(kind: type) -> Callable[[str], float]:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m pipeline.training.reference", description=__doc__,
+    parser = Parser(prog="python -m pipeline.training.reference", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="its distill section sets the budget (default: params.yaml)")
     parser.add_argument("--teacher", type=Path, default=Path("artifacts/teacher/teacher.safetensors"))
     parser.add_argument("--student", type=Path, help="a distilled student to score on the same latents")
-    parser.add_argument("--steps", type=_positive(int), help="default: distill.steps")
-    parser.add_argument("--lr", type=_positive(float), help="default: distill.lr")
+    parser.add_argument("--steps", type=positive(int), help="default: distill.steps")
+    parser.add_argument("--lr", type=positive(float), help="default: distill.lr")
     parser.add_argument("--seed", type=int, default=0, help="the reference's init and latents")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)

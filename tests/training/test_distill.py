@@ -169,9 +169,12 @@ def test_an_interrupted_run_says_what_is_kept_in_one_line(tiny_teacher, tmp_path
 
     args = _write_stage_inputs(tmp_path, tiny_teacher, steps=400, checkpoint_every=2)
     env = _stage_env(tmp_path)
+    # As from a terminal, even when the suite runs as a background job (which starts
+    # children with SIGINT ignored, so Python would install no Ctrl-C handler).
     proc = subprocess.Popen([sys.executable, "-m", "components.distill", *args,
                              *_outputs(tmp_path, "run")], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     snap, deadline = tmp_path / "run" / "snap", time.monotonic() + 300
     while not checkpoint.snapshots(snap):
         assert proc.poll() is None and time.monotonic() < deadline, "no snapshot appeared"
