@@ -455,7 +455,7 @@ class Latency(Section):
     enabled: bool = True
     runtimes: list[Literal["pytorch", "onnxruntime", "executorch", "onnxruntime-int8",
                            "executorch-int8", "executorch-fp16"]] = Field(
-        ["pytorch", "onnxruntime", "executorch", "onnxruntime-int8", "executorch-int8"],
+        ["pytorch", "onnxruntime", "executorch", "onnxruntime-int8", "executorch-int8", "executorch-fp16"],
         min_length=1, description="-int8: the file quantized as the export stage does "
         "(calibrated on the teacher's mapping network); -fp16: the export stage's half-precision "
         "program; neither is used for the 1024 ratio")
