@@ -38,14 +38,19 @@ def test_kept_and_redrawn_latents_are_the_same(tiny_teacher):
 
 def test_the_chunk_size_changes_no_sample_and_styles_mix_sample_by_sample(tiny_teacher):
     """validation.batch_size and friends are memory, not results: sample i is the same in
-    chunks of 3 and of 8, W+, noise and image; mixing draws a crossover per sample."""
+    chunks of 3 and of 8, W+, noise and image; mixing draws a crossover per sample.
+
+    Latents and noise are drawn per sample, so they are bit-identical. W+ and the image go
+    through batched matrix products whose last bits depend on the batch size on some CPUs
+    (AMD EPYC, AVX-512 kernels): equal within float32 rounding, not bit for bit."""
     def whole(batch_size: int):
         chunks = list(FixedLatents(tiny_teacher, 24, batch_size, 0.7, seed=5, device="cpu", mixing=0.5))
         noise = [torch.cat(layer) for layer in zip(*(c.noise for c in chunks), strict=True)]
         return torch.cat([c.wplus for c in chunks]), noise, torch.cat([c.image for c in chunks])
 
     (w3, n3, i3), (w8, n8, i8) = whole(3), whole(8)
-    assert torch.equal(w3, w8) and all(torch.equal(a, b) for a, b in zip(n3, n8, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(n3, n8, strict=True))
+    torch.testing.assert_close(w3, w8, rtol=1e-5, atol=1e-6)  # float32 rounding, a few ulps
     torch.testing.assert_close(i3, i8, rtol=0, atol=1e-5)  # batched arithmetic: ~1e-6 apart
     # Where each sample's styles switch to its second latent (n_latent: they do not).
     n = tiny_teacher.cfg.n_latent
