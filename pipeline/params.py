@@ -371,7 +371,7 @@ class SearchLatency(Section):
     tables: dict[str, str] = Field(
         {}, description="runtime (executorch, onnxruntime-int8, ...) -> a table measured on "
         "the target device (python -m pipeline.bench latency-table); a runtime not named here "
-        "is measured on this machine, cached by machine and runtime versions")
+        "is measured on this machine (see cache)")
     threads: Annotated[int, Field(ge=1)] = Field(1, description="threads of every runtime")
     grid: Annotated[int, Field(ge=2)] | None = Field(
         2, description="widths measured per layer, spread over its choices (ends included; "
@@ -381,6 +381,10 @@ class SearchLatency(Section):
     repeats: Annotated[int, Field(ge=1)] = Field(
         10, description="timed runs per measurement, after warm-up; the fastest counts")
     seed: Annotated[int, Field(ge=0)] = 0
+    cache: bool = Field(
+        True, description="keep measured tables, which depend only on the code, the runtimes' "
+        "versions, the machine and these settings, in the measurement store "
+        "(pipeline.bench.measurements); false: measure every run")
 
 
 class Search(Section):
@@ -460,14 +464,25 @@ class Latency(Section):
         "(calibrated on the teacher's mapping network); -fp16: the export stage's half-precision "
         "program; neither is used for the 1024 ratio")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 8], min_length=1)
-    warmup: Annotated[int, Field(ge=0)] = 2
-    repeats: Annotated[int, Field(ge=1)] = 10
+    warmup: Annotated[int, Field(ge=0)] = Field(2, description="untimed rounds first")
+    repeats: Annotated[int, Field(ge=1)] = Field(
+        3, description="timed rounds at least (every model of a runtime and batch size once "
+        "per round, in turn: pipeline.bench.timing.interleave)")
+    seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        2.0, description="more rounds until this many seconds are spent per runtime and batch size")
     threads: Annotated[int, Field(ge=1)] | None = Field(
         None, description="threads for every runtime (null: all cores)")
     ratio_1024: bool = Field(
         True, description="also time config-f teacher vs student at 1024x1024 (random "
         "weights: speed only) -> latency_ratio_1024")
-    ratio_repeats: Annotated[int, Field(ge=1)] = 3
+    ratio_repeats: Annotated[int, Field(ge=1)] = Field(3, description="rounds of the 1024 ratio at least")
+    ratio_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        20.0, description="more rounds of the 1024 ratio until this many seconds per runtime and "
+        "thread count")
+    ratio_cache: bool = Field(
+        True, description="keep the 1024 ratio, which depends only on the code, the runtimes' "
+        "versions and the machine, in the measurement store (pipeline.bench.measurements) and "
+        "measure it again only when one of those changes; false: every run")
     ratio_threads: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="more thread counts to measure the 1024 ratio with, besides `threads` "
         "-> latency_ratio_1024_threads")
@@ -551,7 +566,10 @@ class ExportInt8(Section):
         30.0, description="gate, weight-free (means something on a stand-in LPIPS): nor one "
         "whose median PSNR to its fp32 file is below this (dB)")
     threads: Annotated[int, Field(ge=1)] = Field(1, description="threads of the speed-up timing")
-    repeats: Annotated[int, Field(ge=1)] = Field(20, description="timed calls of each file (batch 1)")
+    repeats: Annotated[int, Field(ge=1)] = Field(
+        5, description="timed rounds at least of the speed-up (fp32 and int8 file in turn, batch 1)")
+    seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        1.0, description="more rounds until this many seconds are spent per file pair")
 
     @model_validator(mode="after")
     def _check(self) -> ExportInt8:

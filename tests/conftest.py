@@ -51,12 +51,15 @@ def _workspace_state() -> set[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _hygiene(tmp_path_factory):
     """Every test writes under its temporary folders only: MLflow defaults to a store of the
-    session's (a test that forgets its own store must not write ./mlflow.db), and the run
+    session's (a test that forgets its own store must not write ./mlflow.db), measurements
+    to a store of the session's (not ~/.cache), and the run
     fails at its end if the repository gained or changed any path."""
     before = _workspace_state()
     store = tmp_path_factory.mktemp("default-mlflow")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        # the session's measurement store (pipeline.bench.measurements), not the user's
+        mp.setenv("STYLEGAN_MOBILE_MEASUREMENTS", str(tmp_path_factory.mktemp("measurements")))
         mp.delenv("STYLEGAN_MOBILE_RUN_GROUP", raising=False)
         yield
     left = sorted(_workspace_state() - before)

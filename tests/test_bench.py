@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,54 @@ def test_the_harness_returns_sane_figures():
     assert stats["min_ms"] <= stats["mean_ms"] and stats["min_ms"] >= 1.0  # slept 1 ms each
     with pytest.raises(bench.BenchError):
         bench.measure(lambda: None, warmup=0, repeats=0)
+
+
+class LoadedMachine:
+    """A fake clock: a call costs its own ms times the machine's load, which doubles after
+    the first ``switch`` calls (another job starts): what a busy machine does to a benchmark."""
+
+    def __init__(self, switch: int):
+        self.now, self.calls, self.switch = 0.0, 0, switch
+
+    def clock(self) -> float:
+        return self.now
+
+    def call(self, ms: float):
+        def run():
+            self.calls += 1
+            self.now += ms / 1e3 * (1 if self.calls <= self.switch else 2)
+        return run
+
+
+@pytest.mark.parametrize("switch", [12, 13])  # between two rounds, inside one
+def test_a_load_change_moves_an_interleaved_ratio_less_than_a_sequential_one(switch):
+    """Teacher 10 ms, student 1 ms: the true ratio is 10. Timed one after the other, the
+    load change lands between them (5x); timed in alternating rounds, each round's two calls
+    share a load, and the median round keeps 10x."""
+    m = LoadedMachine(switch)
+    teacher = bench.measure(m.call(10), warmup=1, repeats=10, clock=m.clock)
+    student = bench.measure(m.call(1), warmup=1, repeats=10, clock=m.clock)
+    sequential = teacher["median_ms"] / student["median_ms"]
+    m = LoadedMachine(switch)
+    times = bench.interleave({"teacher": m.call(10), "student": m.call(1)}, warmup=1, repeats=10,
+                             clock=m.clock)
+    interleaved = bench.round_ratio(times["teacher"], times["student"])
+    assert sequential == pytest.approx(5) and interleaved["ratio"] == pytest.approx(10)
+    assert abs(interleaved["ratio"] - 10) < abs(sequential - 10)
+    assert interleaved["rounds"] == 10
+    assert interleaved["p10"] <= interleaved["ratio"] <= interleaved["p90"]
+
+
+def test_rounds_go_on_until_the_budget_in_seconds_is_spent():
+    m = LoadedMachine(switch=10**9)
+    times = bench.interleave({"a": m.call(10), "b": m.call(1)}, warmup=2, repeats=3, seconds=0.105,
+                             clock=m.clock)
+    assert len(times["a"]) == len(times["b"]) == 10  # 11 ms a round
+    assert m.calls == 2 * 2 + 2 * 10
+    m = LoadedMachine(switch=10**9)
+    assert len(bench.interleave({"a": m.call(10)}, 0, 3, seconds=0.001, clock=m.clock)["a"]) == 3  # at least
+    with pytest.raises(bench.BenchError):
+        bench.round_ratio([1.0, 2.0], [1.0])
 
 
 def test_the_matmul_peak_is_measured_per_implementation():
@@ -134,9 +183,12 @@ def test_the_ratio_has_one_entry_per_runtime_and_the_mac_ratio():
                 and f"student/{rt}" not in out["skipped"]]
     assert {"pytorch", "onnxruntime"} <= set(measured)
     assert sorted(out["latency_ratio"]) == sorted(measured)
-    for rt in measured:
-        r = out["runtimes"][rt]
-        assert out["latency_ratio"][rt] == pytest.approx(r["teacher_ms"] / r["student_ms"])
+    for rt in measured:  # the median of the per-round ratios, its spread around it
+        rounds = out["bench"]["rounds"][rt]["batch_1"]
+        per_round = [t / s for t, s in zip(rounds["teacher"], rounds["student"], strict=True)]
+        assert out["runtimes"][rt]["rounds"] == len(per_round) >= FAST["repeats"]
+        assert out["latency_ratio"][rt] == pytest.approx(float(np.median(per_round)))
+        assert out["latency_ratio_p10"][rt] <= out["latency_ratio"][rt] <= out["latency_ratio_p90"][rt]
     assert out["weights"] == "random (speed only)" and out["resolution"] == 32
     assert out["mac_ratio"] == pytest.approx(out["teacher_macs"] / out["student_macs"]) and out["mac_ratio"] > 1
     assert out["mac_ratio_mobilestylegan"] == 9.5 and out["threads"] == 1
@@ -197,7 +249,7 @@ def test_the_evaluate_stage_entry_point_uses_its_models_costs(tiny_teacher, tmp_
               SimpleNamespace(name="full", module=student, cost={"macs": 500}),
               SimpleNamespace(name="half", module=half, cost={"macs": 100})]
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=2,
-                          threads=1, ratio_1024=False, ratio_repeats=1)
+                          seconds=0, threads=1, ratio_1024=False)
     latency, ratio = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
     assert ratio is None and not latency["skipped"]
     assert [row[:3] for row in latency["rows"]] == [
@@ -225,17 +277,40 @@ def test_the_evaluate_ratio_is_measured_with_every_thread_count_asked(monkeypatc
 
     from pipeline.bench import suite
 
-    real = suite.latency_ratio_1024
-    monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, resolution, *args, **kw: real(
-        runtimes, 32, *args, channel_max=32, style_dim=32, n_mlp=2, **kw))
+    from pipeline.bench import measurements
+
+    real, runs = suite.latency_ratio_1024, []
+
+    def shrunk(runtimes, resolution, *args, **kw):
+        runs.append(kw)
+        return real(runtimes, 32, *args, channel_max=32, style_dim=32, n_mlp=2, **kw)
+
+    monkeypatch.setattr(suite, "latency_ratio_1024", shrunk)
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=1,
-                          threads=1, ratio_1024=True, ratio_repeats=2, ratio_threads=[2, 1])
-    _, ratio = bench.evaluate_latency(cfg, [], None, tmp_path)
-    assert ratio["threads"] == 1 and list(ratio["by_threads"]) == ["1", "2"]
+                          seconds=0, threads=1, ratio_1024=True, ratio_repeats=2, ratio_seconds=0,
+                          ratio_threads=[2, 1])
+    store = tmp_path / "store"
+    _, ratio = bench.evaluate_latency(cfg, [], None, tmp_path, measurements=store)
+    assert ratio["threads"] == 1 and list(ratio["by_threads"]) == ["1", "2"] and len(runs) == 2
     assert ratio["by_threads"]["1"] == ratio["latency_ratio"]
-    assert set(ratio["by_threads"]["2"]) == {"pytorch", "onnxruntime"}
+    assert set(ratio["by_threads"]["2"]) == set(ratio["by_threads_p90"]["2"]) == {"pytorch", "onnxruntime"}
     efficiency = bench.student_efficiency(ratio["bench"])
     assert set(efficiency) == {"pytorch", "onnxruntime"} and all(0 < e < 1 for e in efficiency.values())
+    made = ratio["measured"]
+    assert made["cached"] is False and made["versions"]["onnxruntime"] and made["machine"]["cpu"]
+
+    # The same code, runtimes and machine: the stored figures, said to be cached, with when and where.
+    _, again = bench.evaluate_latency(cfg, [], None, tmp_path, measurements=store)
+    assert len(runs) == 2 and again["measured"] == {**made, "cached": True}
+    assert again["latency_ratio"] == ratio["latency_ratio"]
+    assert "cached: measured " in measurements.describe(again["measured"])
+    # Any of them changes: measured again (and stored beside the other entry).
+    info = measurements.machine_info()
+    monkeypatch.setattr(measurements, "machine_info", lambda: {**info, "onnxruntime": "0.0.1"})
+    assert bench.evaluate_latency(cfg, [], None, tmp_path, measurements=store)[1]["measured"]["cached"] is False
+    monkeypatch.setattr(measurements, "code_digest", lambda *modules: "edited")
+    bench.evaluate_latency(cfg, [], None, tmp_path, measurements=store)
+    assert len(runs) == 6 and len(list(store.glob("ratio_1024-*.json"))) == 3
 
 
 def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
@@ -251,7 +326,7 @@ def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
     calibration = latent_inputs(tiny_teacher, 8, 0, 1.0)["wplus"]
     models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime", "onnxruntime-int8", "executorch-int8"],
-                          batch_sizes=[1], warmup=0, repeats=2, threads=1, ratio_1024=False)
+                          batch_sizes=[1], warmup=0, repeats=2, seconds=0, threads=1, ratio_1024=False)
     latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path, calibration=calibration)
     assert not latency["skipped"]
     assert [row[1] for row in latency["rows"]] == cfg.runtimes
@@ -261,8 +336,10 @@ def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
     assert "int8" in latency["runtime_devices"]["full"]["onnxruntime-int8"]
     asked = []
     monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, *a, **k: asked.append(
-        runtimes) or {"latency_ratio": {}, "threads": 1, "bench": {"models": {}}})
-    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_threads, cfg.runtimes = True, 1, [], cfg.runtimes[1:]
+        runtimes) or {"latency_ratio": {}, "latency_ratio_p10": {}, "latency_ratio_p90": {}, "threads": 1,
+                     "bench": {"models": {}}})
+    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_seconds, cfg.ratio_threads = True, 1, 0, []
+    cfg.runtimes = cfg.runtimes[1:]
     bench.evaluate_latency(cfg, [], tiny_teacher, tmp_path / "ratio")
     assert asked == [["onnxruntime"]]
 
@@ -277,7 +354,7 @@ def test_the_fp16_runtime_times_the_half_precision_program_beside_fp32(tiny_teac
 
     models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
     cfg = SimpleNamespace(runtimes=["pytorch", "executorch", "executorch-fp16"], batch_sizes=[1],
-                          warmup=0, repeats=2, threads=1, ratio_1024=False)
+                          warmup=0, repeats=2, seconds=0, threads=1, ratio_1024=False)
     latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
     assert not latency["skipped"]
     assert [row[1] for row in latency["rows"]] == cfg.runtimes
@@ -289,7 +366,8 @@ def test_the_fp16_runtime_times_the_half_precision_program_beside_fp32(tiny_teac
     assert figures["executorch"]["batch_1"]["efficiency"] > 0
     asked = []
     monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, *a, **k: asked.append(
-        runtimes) or {"latency_ratio": {}, "threads": 1, "bench": {"models": {}}})
-    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_threads = True, 1, []
+        runtimes) or {"latency_ratio": {}, "latency_ratio_p10": {}, "latency_ratio_p90": {}, "threads": 1,
+                     "bench": {"models": {}}})
+    cfg.ratio_1024, cfg.ratio_repeats, cfg.ratio_seconds, cfg.ratio_threads = True, 1, 0, []
     bench.evaluate_latency(cfg, [], tiny_teacher, tmp_path / "ratio")
     assert asked == [["pytorch", "executorch"]]

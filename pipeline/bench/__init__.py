@@ -62,17 +62,19 @@ from .suite import (
     check_batches,
     evaluate_latency,
     latency_ratio_1024,
+    ratio_1024,
     ratios,
     student_efficiency,
     table,
 )
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, layout_teacher, prepare, random_student
-from .timing import BenchError, measure, using_threads
+from .timing import BenchError, interleave, measure, round_ratio, using_threads
 
 __all__ = [
     "MOBILESTYLEGAN_MAC_RATIO", "OPSET", "RANDOM_WEIGHTS", "RUNTIMES", "BenchError", "Target",
     "TeacherGraph", "batch_key", "bench", "check_batches", "check_runtimes", "config_f_pair",
-    "evaluate_latency", "latency_ratio_1024", "layout_teacher", "machine_info", "machine_text",
-    "main", "matmul_rates", "measure", "open_runtime", "peak_gmacs", "prepare", "random_student",
-    "ratios", "student_efficiency", "table", "using_threads",
+    "evaluate_latency", "interleave", "latency_ratio_1024", "layout_teacher", "machine_info",
+    "machine_text", "main", "matmul_rates", "measure", "open_runtime", "peak_gmacs", "prepare",
+    "random_student", "ratio_1024", "ratios", "round_ratio", "student_efficiency", "table",
+    "using_threads",
 ]

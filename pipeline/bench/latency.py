@@ -39,9 +39,10 @@ overhead, b what layers cost in a chain rather than alone (caches, operator hand
 The check: ``holdout`` random configurations measured the same way, their absolute
 relative errors' median and max.
 
-:func:`cached_model` caches a model under ``cache_dir/latency`` by a key of the
-machine (pipeline.bench.machine), runtime versions, threads, architecture, choices and
-measuring settings; an entry that does not parse or whose key differs is rebuilt.
+:func:`cached_model` keeps a model in the measurement store (pipeline.bench.measurements:
+one per machine, shared by every clone) under a key of this code, the runtime versions,
+the machine, and the threads, architecture, choices and measuring settings; an entry
+that does not parse or whose key differs is measured again.
 ``python -m pipeline.bench latency-table`` measures one on a target device
 (pipeline.bench.cli), which :func:`load_table` reads back and :func:`check_table`
 holds against the student being searched.
@@ -49,7 +50,6 @@ holds against the student being searched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -68,12 +68,11 @@ from torch import nn
 
 from ..errors import PipelineError
 from ..export.graph import for_runtime
-from ..io import write_json
 from ..models.elastic import output_resolutions, quantize, subnet
 from ..models.mobile import MobileSynthesis, StudentConfig, up2
 from ..models.stylegan2 import Generator, NoiseInjection
 from ..params import latency_model
-from .machine import machine_info
+from . import measurements
 from .runtimes import OPSET, open_runtime
 from .targets import layout_teacher, prepare, random_student
 from .timing import BenchError, measure, using_threads
@@ -165,6 +164,7 @@ class LatencyModel:
     check: dict[str, Any] = field(default_factory=dict)  # median_abs_err, max_abs_err, configs
     machine: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # what measuring it took
+    measured: dict[str, Any] = field(default_factory=dict)  # provenance when it came from the store
 
     def __post_init__(self) -> None:
         self._grid: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
@@ -193,7 +193,7 @@ class LatencyModel:
         return self.fit["a"] + self.fit["b"] * self.layers_ms(widths, resolution)
 
     def to_json(self, key: dict[str, Any] | None = None) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "measured"}
         return {"version": VERSION, **({"key": key} if key is not None else {}), **d}
 
     @classmethod
@@ -505,40 +505,33 @@ def build_model(cfg: StudentConfig, choices: list[list[int]], resolutions: list[
 # -- caching and loading ---------------------------------------------------------------
 def fingerprint() -> dict[str, Any]:
     """The machine and runtime versions a table is valid for (not the current threads)."""
-    info = machine_info()
-    return {k: info[k] for k in ("cpu", "physical_cores", "logical_cores", "usable_cores",
-                                 "platform", "torch", "onnxruntime", "executorch")}
+    env = measurements.environment()
+    return {**env["machine"], **env["versions"]}
 
 
 def cache_key(cfg: StudentConfig, choices: list[list[int]], resolutions: list[int], runtime: str,
               precision: str, threads: int, grid_points: int | None, holdout: int, repeats: int,
               seed: int) -> dict[str, Any]:
-    return {"version": VERSION, "machine": fingerprint(), "runtime": runtime,
-            "precision": precision, "threads": threads, "arch": arch_of(cfg), "choices": choices,
-            "resolutions": resolutions, "grid": grid_points, "holdout": holdout,
-            "repeats": repeats, "seed": seed}
+    """The measurement store's key of a table (pipeline.bench.measurements: this code,
+    the runtimes' versions, the machine) with everything it was measured for."""
+    settings = {"version": VERSION, "runtime": runtime, "precision": precision, "threads": threads,
+                "arch": arch_of(cfg), "choices": choices, "resolutions": resolutions,
+                "grid": grid_points, "holdout": holdout, "repeats": repeats, "seed": seed}
+    return measurements.key(f"latency-{runtime}-{precision}", settings, __name__)
 
 
-def cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "latency" / f"{key['runtime']}-{key['precision']}-{digest}.json"
-
-
-def cached_model(cache_dir: Path, key: dict[str, Any], build: Any) -> tuple[LatencyModel, bool]:
-    """The cached model of ``key`` or ``build()``'s, written atomically; (model, from cache).
-    An entry that does not parse or was made for another key is rebuilt, never trusted."""
-    path = cache_path(cache_dir, key)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("key") != json.loads(json.dumps(key)):
-                raise ValueError("made for another key")
-            return LatencyModel.from_json(data), True
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            log.warning("latency cache %s: %s; rebuilding it", path, e)
-    model = build()
-    write_json(path, model.to_json(key))
-    return model, False
+def cached_model(cache_dir: Path | None, key: dict[str, Any], build: Any,
+                 ) -> tuple[LatencyModel, dict[str, Any]]:
+    """The model stored under ``key`` or ``build()``'s, stored (``cache_dir`` None: built
+    every time); returns (model, provenance: ``cached``, when, where). An entry that does
+    not parse or was made for another key is measured again, never trusted."""
+    data, made = measurements.cached(cache_dir, key, lambda: build().to_json())
+    try:
+        return LatencyModel.from_json(data), made
+    except (ValueError, TypeError) as e:  # the right key, but not a table of this version
+        log.warning("latency cache entry for %s: %s; measuring again", key["kind"], e)
+        measurements.path_of(cache_dir, key).unlink(missing_ok=True)
+        return cached_model(cache_dir, key, build)
 
 
 def load_table(path: str | Path, where: str) -> LatencyModel:

@@ -18,7 +18,7 @@ from ..models.stylegan2 import Generator
 from .machine import machine_info, machine_text, matmul_rates
 from .runtimes import OPSET, REDUCED_PRECISION, RUNTIMES, check_runtimes, open_runtime
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, prepare
-from .timing import BenchError, measure, using_threads
+from .timing import BenchError, check_rounds, interleave, round_ratio, summary, using_threads
 
 MOBILESTYLEGAN_MAC_RATIO = 9.5  # the paper's teacher/student MAC ratio at 1024
 
@@ -44,21 +44,25 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
           batch_sizes: Sequence[int] = (1, 8), warmup: int = 2, repeats: int = 10,
           threads: int | None = None, workdir: str | Path | None = None, *,
           device: str = "cpu", teacher: Generator | None = None, peak_n: int | None = None,
-          opset: int = OPSET, seed: int = 0) -> dict[str, Any]:
+          opset: int = OPSET, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
     """Time every model in every runtime at every batch size, in this process.
 
     ``models``: name -> Generator / MobileSynthesis / StyleGAN2Config / StudentConfig /
     :class:`Target` (see :func:`prepare`; ``teacher`` gives students their W+ layout and
-    noise). ``threads``: for every runtime (None: torch's current count). ``workdir``:
-    where exported files go (None: a temporary folder, removed afterwards).
+    noise). The models of one runtime and batch size are timed in alternating rounds
+    (:func:`~pipeline.bench.timing.interleave`): ``warmup`` untimed rounds, then at least
+    ``repeats`` rounds, more until ``seconds`` (a budget per runtime and batch size) are
+    spent. ``threads``: for every runtime (None: torch's current count). ``workdir``: where
+    exported files go (None: a temporary folder, removed afterwards).
 
     Returns (layout: README "Benchmark")::
 
         {"machine": {...}, "machine_text": str, "device", "threads", "peak_gmacs",
          "peaks": {device: GMAC/s}, "matmul_gmacs": {device: {"mm", "onednn"}},
-         "warmup", "repeats", "batch_sizes", "runtimes",
+         "warmup", "repeats", "seconds", "batch_sizes", "runtimes",
          "models": {name: {runtime: {"batch_B": {"median_ms", "p90_ms", "mean_ms", "min_ms",
                                                  "repeats", "gmacs_per_s", "efficiency"}}}},
+         "rounds": {runtime: {"batch_B": {name: [ms of each round]}}},
          "model_info": {name: {"arch", "resolution", "macs", "params", "graph"}},
          "runtime_devices": {name: {runtime: str}},
          "parity": {name: {runtime: max abs difference to pytorch at batch 1}},
@@ -68,8 +72,7 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
     """
     runtimes = check_runtimes(runtimes)
     batch_sizes = check_batches(batch_sizes)
-    if warmup < 0 or repeats < 1:
-        raise BenchError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    check_rounds(warmup, repeats, seconds)
     if threads is not None and threads < 1:
         raise BenchError(f"threads must be >= 1, got {threads}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -88,79 +91,106 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
         result: dict[str, Any] = {
             "machine": machine_info(device), "device": str(device), "threads": n_threads,
             "peak_gmacs": peaks[str(device)], "peaks": peaks, "matmul_gmacs": rates,
-            "warmup": warmup, "repeats": repeats, "batch_sizes": batch_sizes, "runtimes": runtimes,
-            "models": {}, "model_info": {}, "runtime_devices": {}, "parity": {}, "files": {}, "rows": [],
-            "skipped": {},
+            "warmup": warmup, "repeats": repeats, "seconds": seconds, "batch_sizes": batch_sizes,
+            "runtimes": runtimes, "models": {}, "rounds": {}, "model_info": {},
+            "runtime_devices": {}, "parity": {}, "files": {}, "rows": [], "skipped": {},
         }
         result["machine_text"] = machine_text(result["machine"])
         for name, target in targets.items():
             result["model_info"][name] = {"arch": target.arch, "resolution": target.resolution,
                                           "macs": target.macs, "params": target.params,
                                           **target.info}
-            folder = workdir / name
-            folder.mkdir(parents=True, exist_ok=True)
-            _bench_model(name, target, runtimes, batch_sizes, warmup, repeats, n_threads, folder,
-                         str(device), peaks, opset, seed, result)
+        reference: dict[tuple[str, int], torch.Tensor] = {}  # pytorch's outputs, for parity
+        for rt in runtimes:
+            _bench_runtime(rt, targets, batch_sizes, warmup, repeats, seconds, n_threads, workdir,
+                           str(device), peaks, opset, seed, reference, result)
+        result["rows"] = [[name, rt, int(key.removeprefix("batch_")), s["median_ms"], s["p90_ms"],
+                           s["gmacs_per_s"], s["efficiency"]]
+                          for name, by_rt in result["models"].items()
+                          for rt, by_batch in by_rt.items() for key, s in by_batch.items()]
     return result
 
 
-def _bench_model(name: str, target: Target, runtimes: list[str], batch_sizes: list[int],
-                 warmup: int, repeats: int, threads: int, folder: Path, device: str,
-                 peaks: dict[str, float], opset: int, seed: int, result: dict[str, Any]) -> None:
-    reference: dict[int, torch.Tensor] = {}
-    for rt in runtimes:
-        try:
-            runtime = open_runtime(rt, target, folder, device, threads, opset)
-        except Exception as e:  # not installed, or the model does not export to it
-            result["skipped"][f"{name}/{rt}"] = _reason(e)
-            continue
-        on = runtime.on
-        result["runtime_devices"].setdefault(name, {})[rt] = runtime.where
-        if getattr(runtime, "path", None) is not None:
-            result["files"].setdefault(name, {})[rt] = str(runtime.path)
-        try:
-            for batch in batch_sizes:
-                key = f"{name}/{rt}/{batch_key(batch)}"
-                x = target.example(batch, seed)
+def _bench_runtime(rt: str, targets: Mapping[str, Target], batch_sizes: list[int], warmup: int,
+                   repeats: int, seconds: float | None, threads: int, workdir: Path, device: str,
+                   peaks: dict[str, float], opset: int, seed: int,
+                   reference: dict[tuple[str, int], torch.Tensor], result: dict[str, Any]) -> None:
+    """Every model in runtime ``rt``: each opened (its file exported), then per batch size
+    all of them timed in the same rounds."""
+    opened: dict[str, Any] = {}
+    try:
+        for name, target in targets.items():
+            folder = workdir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                runtime = opened[name] = open_runtime(rt, target, folder, device, threads, opset)
+            except Exception as e:  # not installed, or the model does not export to it
+                result["skipped"][f"{name}/{rt}"] = _reason(e)
+                continue
+            result["runtime_devices"].setdefault(name, {})[rt] = runtime.where
+            if getattr(runtime, "path", None) is not None:
+                result["files"].setdefault(name, {})[rt] = str(runtime.path)
+        for batch in batch_sizes:
+            runners = {}
+            for name, runtime in opened.items():
                 try:
-                    fn = runtime.runner(x)
-                    out = fn()
-                    stats = measure(fn, warmup, repeats, on)
+                    fn = runtime.runner(targets[name].example(batch, seed))
+                    out = torch.as_tensor(fn()).detach().float().cpu()
                 except Exception as e:
-                    result["skipped"][key] = _reason(e)
+                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = _reason(e)
                     continue
-                out = torch.as_tensor(out).detach().float().cpu()
+                runners[name] = fn
                 if rt == "pytorch":
-                    reference[batch] = out
-                elif batch in reference and batch == batch_sizes[0]:
-                    result["parity"].setdefault(name, {})[rt] = float((out - reference[batch]).abs().max())
-                macs = None if target.macs is None else target.macs * batch
-                gmacs = None if macs is None else macs / (stats["median_ms"] / 1e3) / 1e9
+                    reference[name, batch] = out
+                elif (name, batch) in reference and batch == batch_sizes[0]:
+                    result["parity"].setdefault(name, {})[rt] = float(
+                        (out - reference[name, batch]).abs().max())
+            if not runners:
+                continue
+            on = opened[next(iter(runners))].on
+            try:
+                times = interleave(runners, warmup, repeats, seconds, on)
+            except Exception as e:
+                for name in runners:
+                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = _reason(e)
+                continue
+            result["rounds"].setdefault(rt, {})[batch_key(batch)] = times
+            for name, ms in times.items():
+                stats: dict[str, Any] = summary(ms)
+                macs = targets[name].macs
+                gmacs = None if macs is None else macs * batch / (stats["median_ms"] / 1e3) / 1e9
                 stats["gmacs_per_s"] = gmacs
                 # the peak is fp32's: an int8 or fp16 file's rate against it says nothing (int8 can pass 100 %)
                 stats["efficiency"] = (None if gmacs is None or rt in REDUCED_PRECISION
                                        else gmacs / peaks.get(on, peaks["cpu"]))
                 result["models"].setdefault(name, {}).setdefault(rt, {})[batch_key(batch)] = stats
-                result["rows"].append([name, rt, batch, stats["median_ms"], stats["p90_ms"], gmacs,
-                                       stats["efficiency"]])
-        finally:
+    finally:
+        for runtime in opened.values():
             runtime.close()
 
 
 # -- the teacher / student ratio ----------------------------------------------------------
 def ratios(result: Mapping[str, Any], teacher: str = "teacher", student: str = "student",
            batch: int = 1) -> dict[str, Any]:
-    """Teacher median / student median per runtime from a :func:`bench` result, and the
-    MAC ratio (pipeline.cost, physical) next to MobileStyleGAN's published 9.5x."""
+    """Teacher / student latency per runtime from a :func:`bench` result: the median of the
+    per-round ratios (both timed in the same rounds, so a load change between rounds cancels)
+    with their p10-p90 spread, and the MAC ratio (pipeline.cost, physical) next to
+    MobileStyleGAN's published 9.5x."""
     key = batch_key(batch)
-    out: dict[str, Any] = {"runtimes": {}, "latency_ratio": {}}
+    out: dict[str, Any] = {"runtimes": {}, "latency_ratio": {}, "latency_ratio_p10": {},
+                           "latency_ratio_p90": {}}
     t_rt, s_rt = result["models"].get(teacher, {}), result["models"].get(student, {})
     for rt in result["runtimes"]:
         t, s = t_rt.get(rt, {}).get(key), s_rt.get(rt, {}).get(key)
-        if t and s:
-            out["runtimes"][rt] = {"teacher_ms": t["median_ms"], "student_ms": s["median_ms"],
-                                   "teacher_p90_ms": t["p90_ms"], "student_p90_ms": s["p90_ms"]}
-            out["latency_ratio"][rt] = t["median_ms"] / s["median_ms"]
+        rounds = result.get("rounds", {}).get(rt, {}).get(key, {})
+        if not (t and s and teacher in rounds and student in rounds):
+            continue
+        r = round_ratio(rounds[teacher], rounds[student])
+        out["runtimes"][rt] = {"teacher_ms": t["median_ms"], "student_ms": s["median_ms"],
+                               "teacher_p90_ms": t["p90_ms"], "student_p90_ms": s["p90_ms"],
+                               "rounds": r["rounds"]}
+        out["latency_ratio"][rt] = r["ratio"]
+        out["latency_ratio_p10"][rt], out["latency_ratio_p90"][rt] = r["p10"], r["p90"]
     t_macs = result["model_info"].get(teacher, {}).get("macs")
     s_macs = result["model_info"].get(student, {}).get("macs")
     out["mac_ratio"] = t_macs / s_macs if t_macs and s_macs else None
@@ -172,21 +202,25 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
                        channel_multiplier: int = 2, warmup: int = 1, repeats: int = 3,
                        threads: int | None = None, workdir: str | Path | None = None, *,
                        device: str = "cpu", seed: int = 0, peak_n: int | None = None,
-                       channel_max: int = 512, style_dim: int = 512, n_mlp: int = 8) -> dict[str, Any]:
+                       channel_max: int = 512, style_dim: int = 512, n_mlp: int = 8,
+                       seconds: float | None = None) -> dict[str, Any]:
     """Config-f teacher (random weights: speed only) vs its default full student at
-    ``resolution`` (1024 for the headline figure), batch 1, same run, same threads.
+    ``resolution`` (1024 for the headline figure), batch 1, same run, same threads, timed
+    in alternating rounds (at least ``repeats``, more until ``seconds`` per runtime).
     ``channel_max``, ``style_dim`` and ``n_mlp`` shrink it for tests (config-f: 512, 512, 8).
 
     Returns ``{"resolution", "channel_multiplier", "weights": "random (speed only)",
-    "latency_ratio": {runtime: teacher ms / student ms}, "runtimes": {runtime:
-    {"teacher_ms", "student_ms", "teacher_p90_ms", "student_p90_ms"}}, "mac_ratio",
+    "latency_ratio": {runtime: median per-round teacher ms / student ms},
+    "latency_ratio_p10", "latency_ratio_p90": {runtime: spread}, "runtimes": {runtime:
+    {"teacher_ms", "student_ms", "teacher_p90_ms", "student_p90_ms", "rounds"}}, "mac_ratio",
     "mac_ratio_mobilestylegan": 9.5, "teacher_macs", "student_macs", "threads",
     "peak_gmacs", "machine", "machine_text", "skipped", "bench": the full bench() result}``.
     """
     runtimes = check_runtimes(runtimes)
     teacher, student = config_f_pair(resolution, channel_multiplier, seed, style_dim, n_mlp, channel_max)
     result = bench({"teacher": teacher, "student": student}, runtimes, (1,), warmup, repeats,
-                   threads, workdir, device=device, teacher=teacher, peak_n=peak_n, seed=seed)
+                   threads, workdir, device=device, teacher=teacher, peak_n=peak_n, seed=seed,
+                   seconds=seconds)
     info = result["model_info"]
     return {"resolution": resolution, "channel_multiplier": channel_multiplier,
             "channel_max": channel_max, "weights": RANDOM_WEIGHTS, **ratios(result),
@@ -199,11 +233,15 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
 # -- the evaluate stage's entry point -----------------------------------------------------
 def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
                      workdir: str | Path, device: str = "cpu", calibration: torch.Tensor | None = None,
+                     measurements: Path | None = None,
                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Latency of the evaluate stage's models (objects with ``name``, ``module`` and
     ``cost["macs"]``) per ``cfg`` (params ``evaluate.latency``), and the config-f ratio at
     1024 (fp32 runtimes) when ``cfg.ratio_1024``. ``calibration``: the W+ int8 runtimes
-    calibrate on. Returns (:func:`bench` result, :func:`latency_ratio_1024` result or None)."""
+    calibrate on. The models are measured every run (they change with the student); the
+    1024 ratio depends only on the code, the runtimes and the machine, and is kept in
+    ``measurements`` (pipeline.bench.measurements; None: measured every run).
+    Returns (:func:`bench` result, :func:`ratio_1024` result or None)."""
     targets = {}
     for m in models:
         t = prepare(m.module, teacher)
@@ -212,20 +250,43 @@ def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
                                  t.resolution, t.info, calibration)
     workdir = Path(workdir)
     latency = bench(targets, cfg.runtimes, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.threads,
-                    workdir / "models", device=device, teacher=teacher)
+                    workdir / "models", device=device, teacher=teacher, seconds=cfg.seconds)
     ratio = None
-    if getattr(cfg, "ratio_1024", False):
-        # the configured threads first (the headline ratio), then each other count asked for
-        counts = list(dict.fromkeys([cfg.threads, *getattr(cfg, "ratio_threads", [])]))
+    if cfg.ratio_1024:
         fp32 = [r for r in cfg.runtimes if r not in REDUCED_PRECISION]  # the ratio compares fp32 graphs
-        runs = [latency_ratio_1024(fp32, 1024, 2, min(cfg.warmup, 1),
-                                   getattr(cfg, "ratio_repeats", 3), n,
-                                   workdir / f"ratio_1024_threads_{n or 'all'}", device=device)
+        # the configured threads first (the headline ratio), then each other count asked for
+        counts = list(dict.fromkeys([cfg.threads, *cfg.ratio_threads]))
+        ratio = ratio_1024(fp32, counts, min(cfg.warmup, 1), cfg.ratio_repeats, cfg.ratio_seconds,
+                           workdir, device, measurements)
+    return latency, ratio
+
+
+def ratio_1024(runtimes: Sequence[str], thread_counts: Sequence[int | None], warmup: int,
+               repeats: int, seconds: float | None, workdir: Path, device: str = "cpu",
+               measurements: Path | None = None) -> dict[str, Any]:
+    """:func:`latency_ratio_1024` with each of ``thread_counts`` (the first is the headline),
+    from the measurement store when this code, these runtimes and this machine measured it
+    before. Adds ``by_threads`` ({count: {runtime: ratio}}, and ``_p10``/``_p90``),
+    ``efficiency_by_threads`` and ``measured`` (pipeline.bench.measurements.provenance)."""
+    from . import measurements as store
+
+    counts = [n or torch.get_num_threads() for n in thread_counts]
+    settings = {"runtimes": list(runtimes), "threads": counts, "warmup": warmup, "repeats": repeats,
+                "seconds": seconds, "resolution": 1024, "channel_multiplier": 2, "device": str(device)}
+
+    def measure() -> dict[str, Any]:
+        runs = [latency_ratio_1024(runtimes, 1024, 2, warmup, repeats, n,
+                                   workdir / f"ratio_1024_threads_{n}", device=device, seconds=seconds)
                 for n in counts]
         ratio = runs[0]
-        ratio["by_threads"] = {str(r["threads"]): r["latency_ratio"] for r in runs}
+        for part in ("", "_p10", "_p90"):
+            ratio[f"by_threads{part}"] = {str(r["threads"]): r[f"latency_ratio{part}"] for r in runs}
         ratio["efficiency_by_threads"] = {str(r["threads"]): student_efficiency(r["bench"]) for r in runs}
-    return latency, ratio
+        return ratio
+
+    key = store.key("ratio_1024", settings, __name__)
+    ratio, made = store.cached(measurements, key, measure)
+    return {**ratio, "measured": made}
 
 
 def student_efficiency(result: Mapping[str, Any], student: str = "student") -> dict[str, float]:

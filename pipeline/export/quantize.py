@@ -185,15 +185,18 @@ def int8_quality(fp32: torch.Tensor, int8: torch.Tensor, lpips, output_range: tu
 
 
 def speedup(fmt: Format, fp32_path: Path, int8_path: Path, x: torch.Tensor, threads: int,
-            repeats: int) -> dict[str, float]:
-    """Batch-1 latency of both files in ``fmt``'s runtime, same threads, one after the other."""
-    from ..bench.timing import measure, using_threads
+            repeats: int, seconds: float | None = None) -> dict[str, float]:
+    """Batch-1 latency of both files in ``fmt``'s runtime, same threads, timed in alternating
+    rounds (at least ``repeats``, more until ``seconds``); the speed-up is the median of the
+    per-round fp32 / int8 ratios."""
+    from ..bench.timing import interleave, round_ratio, summary, using_threads
     from .formats import onnx_runner, pte_runner
 
     x = x[:1].float()
-    ms = {}
     with using_threads(threads, executorch=fmt == "pte"):
-        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-            run = onnx_runner(path, threads) if fmt == "onnx" else pte_runner(path)
-            ms[name] = measure(lambda run=run: run(x), warmup=2, repeats=repeats)["median_ms"]
-    return {"fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "speedup": ms["fp32"] / ms["int8"]}
+        runs = {name: onnx_runner(path, threads) if fmt == "onnx" else pte_runner(path)
+                for name, path in (("fp32", fp32_path), ("int8", int8_path))}
+        times = interleave({name: lambda run=run: run(x) for name, run in runs.items()},
+                           warmup=2, repeats=repeats, seconds=seconds)
+    return {"fp32_ms": summary(times["fp32"])["median_ms"], "int8_ms": summary(times["int8"])["median_ms"],
+            "speedup": round_ratio(times["fp32"], times["int8"])["ratio"]}

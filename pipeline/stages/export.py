@@ -220,7 +220,7 @@ def export_int8(name: str, model: ExportModel, cfg: Export, formats: list[Format
             quality = int8_quality(run(fp32_path, held_out, cfg.parity.batch_size),
                                    run(path, held_out, cfg.parity.batch_size), lpips,
                                    cfg.output_range, cfg.parity.batch_size)
-            speed = speedup(fmt, fp32_path, path, held_out, q.threads, q.repeats)
+            speed = speedup(fmt, fp32_path, path, held_out, q.threads, q.repeats, q.seconds)
         except PipelineError:
             raise
         except Exception as e:  # a quantizer's or runtime's own failure: name the file

@@ -43,6 +43,7 @@ import torch
 
 from .. import usage
 from ..bench import latency as lat
+from ..bench.measurements import default_dir, describe
 from ..checkpoints import load_teacher
 from ..checkpoints.project import load_student
 from ..cost import count_student
@@ -280,8 +281,9 @@ def latency_models(space: Space, cfg: SearchLatency, budgets: dict[str, Any],
             continue
         key = lat.cache_key(space.cfg, space.choices, resolutions, spec.runtime, spec.precision,
                             cfg.threads, cfg.grid, cfg.holdout, cfg.repeats, cfg.seed)
-        models[model], cached = lat.cached_model(cache_dir, key, build)
-        log.info("latency model %s: %s", model, "cached" if cached else "measured")
+        models[model], made = lat.cached_model(cache_dir, key, build)
+        models[model].measured = made
+        log.info("latency model %s: %s", model, describe(made))
     return models
 
 
@@ -380,7 +382,8 @@ def search_all(student: MobileSynthesis, teacher, lpips: LPIPS, cfg: Search,
                on_generation: Callable[[str, int, Scored], None] | None = None,
                cache_dir: Path | None = None) -> tuple[Space, Scored, list[BudgetResult]]:
     """Every budget of ``cfg``; budgets (and latency models) are checked before any search
-    starts. Latency models are cached under ``cache_dir`` (None: measured afresh)."""
+    starts. Latency models are kept in the measurement store ``cache_dir``
+    (pipeline.bench.measurements; None: measured afresh)."""
     space = Space(student.cfg, cfg.ratios, cfg.min_resolution)
     space.latency = latency_models(space, cfg.latency, cfg.budgets, cache_dir)
     budgets = resolve_budgets(cfg.budgets, space)
@@ -463,6 +466,7 @@ def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: 
         "fitness": {"metric": cfg.fitness, "reference": cfg.reference, "key": key,
                     "lpips_network": lpips.name},
         "full": full.row(),
+        "latency_models": {name: m.measured for name, m in space.latency.items()},
         "budgets": {r.name: {**r.best.row(), **budget_entry(r), "trivial": r.trivial,
                              "uniform": {**r.uniform.row(), "ratio": r.uniform_ratio},
                              "best_fitness_per_generation": r.history}
@@ -475,7 +479,7 @@ def write_outputs(space: Space, full: Scored, results: list[BudgetResult], cfg: 
     if space.latency:
         metrics["latency_model"] = {
             name: {"median_abs_err": m.check["median_abs_err"], "max_abs_err": m.check["max_abs_err"],
-                   "table_seconds": m.seconds}
+                   "table_seconds": m.seconds, "cached": int(bool(m.measured.get("cached")))}
             for name, m in space.latency.items()}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / CONFIGS_FILE, configs)
@@ -629,7 +633,7 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
                                      f"best_gmacs/{name}": best.macs / 1e9}, step=gen)
 
     space, full, results = search_all(student, teacher, lpips, cfg, device, ctx.progress,
-                                      on_generation, ctx.cache_dir)
+                                      on_generation, default_dir() if cfg.latency.cache else None)
     metrics = write_outputs(space, full, results, cfg, lpips, Path(paths.out), Path(paths.plots),
                             sha256_file(paths.student))
     for r in results:
