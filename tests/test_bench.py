@@ -275,9 +275,7 @@ def test_the_evaluate_ratio_is_measured_with_every_thread_count_asked(monkeypatc
     each of ``ratio_threads``; the headline ratio is the configured count's."""
     from types import SimpleNamespace
 
-    from pipeline.bench import suite
-
-    from pipeline.bench import measurements
+    from pipeline.bench import measurements, suite
 
     real, runs = suite.latency_ratio_1024, []
 
