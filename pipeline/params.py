@@ -472,6 +472,9 @@ class Latency(Section):
         2.0, description="more rounds until this many seconds are spent per runtime and batch size")
     threads: Annotated[int, Field(ge=1)] | None = Field(
         None, description="threads for every runtime (null: all cores)")
+    workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None, description="models whose files are written at once before timing, each in its "
+        "own process (writing a file is single-threaded); null: one per usable core")
     ratio_1024: bool = Field(
         True, description="also time config-f teacher vs student at 1024x1024 (random "
         "weights: speed only) -> latency_ratio_1024")
@@ -611,6 +614,9 @@ class Export(Section):
     int8: ExportInt8 = ExportInt8()
     lpips: LpipsNet = Field("alex", description="LPIPS backbone of the parity check and the int8 gate")
     registry: ExportRegistry = ExportRegistry()
+    workers: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None, description="models written and checked at once, each in its own process "
+        "(writing a file is single-threaded); null: one per usable core")
 
     @model_validator(mode="after")
     def _check(self) -> Export:

@@ -157,8 +157,9 @@ def tiny_export() -> dict:
     int8 ONNX only (seconds; int8 ExecuTorch's lowering has its own test)."""
     return {"formats": ["onnx", "pte"], "inputs": ["wplus"], "fp16": False,
             "parity": {"samples": 2}, "lpips": "alex",
-            "int8": {"formats": ["onnx"], "calibration_samples": 4, "eval_samples": 2, "repeats": 2},
-            "registry": {"name": "tiny-student"}}
+            "int8": {"formats": ["onnx"], "calibration_samples": 4, "eval_samples": 2, "repeats": 2,
+                     "seconds": 0},
+            "registry": {"name": "tiny-student"}, "workers": 1}
 
 
 def tiny_evaluate(**overrides) -> dict:
@@ -167,7 +168,7 @@ def tiny_evaluate(**overrides) -> dict:
            "kid_subsets": 5, "reference": {"num_samples": 8},
            "lpips": "alex",
            "latency": {"runtimes": ["pytorch"], "batch_sizes": [1], "warmup": 1, "repeats": 2,
-                       "threads": 1, "ratio_1024": False},
+                       "seconds": 0, "threads": 1, "workers": 1, "ratio_1024": False},
            # dvc.yaml has the export stage depend on this subsection: DVC needs it spelled out
            "regression": Regression().model_dump()}
     return with_overrides(cfg, overrides)

@@ -157,10 +157,12 @@ def test_executorch_runs_the_pte_file_or_says_why_not(tiny_teacher):
 
 
 def test_a_runtime_that_fails_is_recorded_not_raised(tiny_teacher, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no such provider\nsecond line")
+    class Broken:  # its file cannot be written
+        @staticmethod
+        def write(*args, **kwargs):
+            raise RuntimeError("no such provider\nsecond line")
 
-    monkeypatch.setitem(bench._RUNTIME_CLASSES, "onnxruntime", broken)
+    monkeypatch.setitem(bench._RUNTIME_CLASSES, "onnxruntime", Broken)
     result = bench.bench({"student": make_student(tiny_teacher)}, ["pytorch", "onnxruntime"], (1,),
                          teacher=tiny_teacher, **FAST)
     assert result["skipped"] == {"student/onnxruntime": "RuntimeError: no such provider"}
@@ -248,8 +250,9 @@ def test_the_evaluate_stage_entry_point_uses_its_models_costs(tiny_teacher, tmp_
     models = [SimpleNamespace(name="teacher", module=tiny_teacher, cost={"macs": 1000}),
               SimpleNamespace(name="full", module=student, cost={"macs": 500}),
               SimpleNamespace(name="half", module=half, cost={"macs": 100})]
+    # two worker processes write the three models' files, then they are timed here
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=2,
-                          seconds=0, threads=1, ratio_1024=False)
+                          seconds=0, threads=1, workers=2, ratio_1024=False)
     latency, ratio = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
     assert ratio is None and not latency["skipped"]
     assert [row[:3] for row in latency["rows"]] == [
@@ -285,7 +288,7 @@ def test_the_evaluate_ratio_is_measured_with_every_thread_count_asked(monkeypatc
 
     monkeypatch.setattr(suite, "latency_ratio_1024", shrunk)
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime"], batch_sizes=[1], warmup=0, repeats=1,
-                          seconds=0, threads=1, ratio_1024=True, ratio_repeats=2, ratio_seconds=0,
+                          seconds=0, threads=1, workers=1, ratio_1024=True, ratio_repeats=2, ratio_seconds=0,
                           ratio_threads=[2, 1])
     store = tmp_path / "store"
     _, ratio = bench.evaluate_latency(cfg, [], None, tmp_path, measurements=store)
@@ -324,7 +327,7 @@ def test_int8_runtimes_time_the_quantized_files_calibrated_on_the_given_styles(
     calibration = latent_inputs(tiny_teacher, 8, 0, 1.0)["wplus"]
     models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
     cfg = SimpleNamespace(runtimes=["pytorch", "onnxruntime", "onnxruntime-int8", "executorch-int8"],
-                          batch_sizes=[1], warmup=0, repeats=2, seconds=0, threads=1, ratio_1024=False)
+                          batch_sizes=[1], warmup=0, repeats=2, seconds=0, threads=1, workers=1, ratio_1024=False)
     latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path, calibration=calibration)
     assert not latency["skipped"]
     assert [row[1] for row in latency["rows"]] == cfg.runtimes
@@ -352,7 +355,7 @@ def test_the_fp16_runtime_times_the_half_precision_program_beside_fp32(tiny_teac
 
     models = [SimpleNamespace(name="full", module=make_student(tiny_teacher), cost={"macs": 500})]
     cfg = SimpleNamespace(runtimes=["pytorch", "executorch", "executorch-fp16"], batch_sizes=[1],
-                          warmup=0, repeats=2, seconds=0, threads=1, ratio_1024=False)
+                          warmup=0, repeats=2, seconds=0, threads=1, workers=1, ratio_1024=False)
     latency, _ = bench.evaluate_latency(cfg, models, tiny_teacher, tmp_path)
     assert not latency["skipped"]
     assert [row[1] for row in latency["rows"]] == cfg.runtimes

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.stylegan2 import Generator
-from .runtimes import OPSET, RUNTIMES, OpTimes, check_runtimes, open_runtime
-from .suite import _reason
+from .runtimes import OPSET, RUNTIMES, OpTimes, check_runtimes, open_runtime, reason
 from .targets import prepare
 from .timing import BenchError, using_threads
 
@@ -74,7 +73,7 @@ def profile(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES, runs:
                     finally:
                         runtime.close()
                 except Exception as e:  # not installed, does not export, no profiler here
-                    result["skipped"][f"{name}/{rt}"] = _reason(e)
+                    result["skipped"][f"{name}/{rt}"] = reason(e)
                     continue
                 result["profiles"].setdefault(name, {})[rt] = per_run(times)
     return result

@@ -43,10 +43,18 @@ class OpTimes:
     runs: int
 
 
+Written = tuple[Path, dict[str, Any]]  # a runtime's file and what writing it found
+
+
 class _PyTorch:
     name = "pytorch"
 
-    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int):
+    @staticmethod
+    def write(target: Target, workdir: Path, opset: int) -> Written | None:
+        return None  # eager: no file
+
+    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int,
+                 written: Written | None = None):
         self.net, self.device, self.on = target.net.to(device), device, device
         self.where = f"torch eager ({device})"
 
@@ -90,10 +98,17 @@ class _OnnxRuntime:
 
     name = "onnxruntime"
 
-    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int):
-        import onnxruntime as ort
-
+    @classmethod
+    def write(cls, target: Target, workdir: Path, opset: int) -> Written:
         from ..export.formats import export_onnx
+
+        path = workdir / f"{target.arch}.onnx"
+        export_onnx(target.net, path, False, opset)
+        return cls._quantized(target, path), {}
+
+    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int,
+                 written: Written | None = None):
+        import onnxruntime as ort
 
         self.options = ort.SessionOptions()
         self.options.intra_op_num_threads = threads
@@ -106,12 +121,13 @@ class _OnnxRuntime:
             self.providers.insert(0, "CUDAExecutionProvider")
         self.on = device if "CUDAExecutionProvider" in self.providers else "cpu"
         self.where = f"onnxruntime {'+'.join(p.removesuffix('ExecutionProvider') for p in self.providers)}"
-        self.path = workdir / f"{target.arch}.onnx"
-        export_onnx(target.net, self.path, False, opset)
-        self.path = self._quantized(target, self.path)
+        self.path, _ = written or self.write(target, workdir, opset)
+        if self.name.endswith("-int8"):
+            self.where += " int8 (QDQ)"
         self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
 
-    def _quantized(self, target: Target, path: Path) -> Path:  # fp32: the file as written
+    @staticmethod
+    def _quantized(target: Target, path: Path) -> Path:  # fp32: the file as written
         return path
 
     def runner(self, x: torch.Tensor) -> Callable[[], Any]:
@@ -154,19 +170,23 @@ class _ExecuTorch:
 
     name = "executorch"
 
-    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int):
+    @classmethod
+    def write(cls, target: Target, workdir: Path, opset: int) -> Written:
         from ..export.formats import unavailable
 
-        why = unavailable("pte")
-        if why:
+        if why := unavailable("pte"):
             raise BenchError(why)
+        path = workdir / f"{target.arch}{cls.suffix}"
+        return path, cls._write(target, path)
+
+    def __init__(self, target: Target, workdir: Path, device: str, threads: int, opset: int,
+                 written: Written | None = None):
         from executorch.runtime import Runtime
 
-        path = self.path = workdir / f"{target.arch}{self.suffix}"
-        facts = self._write(target, path)
+        self.path, facts = written or self.write(target, workdir, opset)
         self.outside = facts.get("ops_outside_delegate", [])
         self.on = "cpu"
-        self.method = Runtime.get().load_program(str(path)).load_method("forward")
+        self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
         names = sorted({m.group(1) if (m := re.search(r"aten::(\w+)", op)) else op
                         for op in self.outside})
         self.where = "executorch XNNPACK (cpu)" + (
@@ -223,14 +243,14 @@ class _OnnxRuntimeInt8(_OnnxRuntime):
 
     name = "onnxruntime-int8"
 
-    def _quantized(self, target: Target, path: Path) -> Path:
+    @staticmethod
+    def _quantized(target: Target, path: Path) -> Path:
         from ..export.quantize import quantize_onnx, unavailable
 
         if why := unavailable("onnx"):
             raise BenchError(why)
         out = path.with_suffix(".int8.onnx")
         quantize_onnx(path, out, target.calibration_inputs(), target.net.kind)
-        self.where += " int8 (QDQ)"
         return out
 
 
@@ -278,13 +298,37 @@ _RUNTIME_CLASSES = {"pytorch": _PyTorch, "onnxruntime": _OnnxRuntime, "executorc
 
 
 def open_runtime(name: str, target: Target, workdir: Path, device: str, threads: int,
-                 opset: int = OPSET) -> Any:
-    """The ``name`` adapter for ``target`` (its files written under ``workdir``), warnings
-    silenced: ``.on`` (the device it runs on), ``.where`` (a description), ``.runner(x)``
-    (a call to time) and ``.close()``."""
+                 opset: int = OPSET, written: Written | None = None) -> Any:
+    """The ``name`` adapter for ``target`` (its file written under ``workdir``, unless
+    :func:`write_files` wrote it: ``written``), warnings silenced: ``.on`` (the device it
+    runs on), ``.where`` (a description), ``.runner(x)`` (a call to time) and ``.close()``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _RUNTIME_CLASSES[name](target, workdir, device, threads, opset)
+        return _RUNTIME_CLASSES[name](target, workdir, device, threads, opset, written)
+
+
+def write_files(target: Target, runtimes: Sequence[str], workdir: Path,
+                opset: int = OPSET) -> dict[str, Written | str | None]:
+    """The file of ``target`` that each of ``runtimes`` runs, written under ``workdir`` in
+    order (the int8 ONNX file after the fp32 one it quantizes): runtime -> (path, facts),
+    None (no file: eager) or why it could not be written. A module-level function, so a
+    worker process can write one model's files (pipeline.workers)."""
+    out: dict[str, Written | str | None] = {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    for rt in runtimes:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                out[rt] = _RUNTIME_CLASSES[rt].write(target, workdir, opset)
+        except Exception as e:  # not installed, or the model does not export to it
+            out[rt] = reason(e)
+    return out
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an error, for a result's ``skipped``."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
 
 def check_runtimes(runtimes: Sequence[str] | str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,13 @@ from typing import Any
 import torch
 
 from ..models.stylegan2 import Generator
+from ..workers import run_all, worker_count
 from .machine import machine_info, machine_text, matmul_rates
-from .runtimes import OPSET, REDUCED_PRECISION, RUNTIMES, check_runtimes, open_runtime
+from .runtimes import OPSET, REDUCED_PRECISION, RUNTIMES, check_runtimes, open_runtime, reason, write_files
 from .targets import RANDOM_WEIGHTS, Target, config_f_pair, prepare
 from .timing import BenchError, check_rounds, interleave, round_ratio, summary, using_threads
 
 MOBILESTYLEGAN_MAC_RATIO = 9.5  # the paper's teacher/student MAC ratio at 1024
-
-
-def _reason(e: BaseException) -> str:  # the first line of an error, for "skipped"
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
 
 def check_batches(batch_sizes: Sequence[int]) -> list[int]:
@@ -44,7 +41,9 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
           batch_sizes: Sequence[int] = (1, 8), warmup: int = 2, repeats: int = 10,
           threads: int | None = None, workdir: str | Path | None = None, *,
           device: str = "cpu", teacher: Generator | None = None, peak_n: int | None = None,
-          opset: int = OPSET, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
+          opset: int = OPSET, seed: int = 0, seconds: float | None = None,
+          profile_models: Sequence[str] = (), profile_runs: int = 3,
+          workers: int | None = 1) -> dict[str, Any]:
     """Time every model in every runtime at every batch size, in this process.
 
     ``models``: name -> Generator / MobileSynthesis / StyleGAN2Config / StudentConfig /
@@ -53,7 +52,11 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
     (:func:`~pipeline.bench.timing.interleave`): ``warmup`` untimed rounds, then at least
     ``repeats`` rounds, more until ``seconds`` (a budget per runtime and batch size) are
     spent. ``threads``: for every runtime (None: torch's current count). ``workdir``: where
-    exported files go (None: a temporary folder, removed afterwards).
+    exported files go (None: a temporary folder, removed afterwards). ``profile_models``:
+    also profile these per operator type (pipeline.bench.profile, batch 1, ``profile_runs``
+    runs) in each runtime while their files are open, rather than exporting them again.
+    Every model's files are written first, ``workers`` models at a time in worker processes
+    (None: one per usable core; pipeline.workers), then timed here with nothing else running.
 
     Returns (layout: README "Benchmark")::
 
@@ -68,7 +71,8 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
          "parity": {name: {runtime: max abs difference to pytorch at batch 1}},
          "files": {name: {runtime: the file it ran (onnxruntime, executorch and -int8)}},
          "rows": [[name, runtime, batch, median_ms, p90_ms, gmacs_per_s, efficiency]],
-         "skipped": {"name/runtime[/batch_B]": reason}}
+         "skipped": {"name/runtime[/batch_B]": reason},
+         "profiles": {name: {runtime: profile.per_run(...)}}, "profile_skipped": {...}}
     """
     runtimes = check_runtimes(runtimes)
     batch_sizes = check_batches(batch_sizes)
@@ -94,16 +98,22 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
             "warmup": warmup, "repeats": repeats, "seconds": seconds, "batch_sizes": batch_sizes,
             "runtimes": runtimes, "models": {}, "rounds": {}, "model_info": {},
             "runtime_devices": {}, "parity": {}, "files": {}, "rows": [], "skipped": {},
+            "profiles": {}, "profile_skipped": {},
         }
         result["machine_text"] = machine_text(result["machine"])
         for name, target in targets.items():
             result["model_info"][name] = {"arch": target.arch, "resolution": target.resolution,
                                           "macs": target.macs, "params": target.params,
                                           **target.info}
+        names = list(targets)
+        files = run_all(write_files, [(targets[n], runtimes, workdir / n, opset) for n in names],
+                        worker_count(workers, len(names)))
+        written = dict(zip(names, files, strict=True))
         reference: dict[tuple[str, int], torch.Tensor] = {}  # pytorch's outputs, for parity
         for rt in runtimes:
-            _bench_runtime(rt, targets, batch_sizes, warmup, repeats, seconds, n_threads, workdir,
-                           str(device), peaks, opset, seed, reference, result)
+            _bench_runtime(rt, targets, written, batch_sizes, warmup, repeats, seconds, n_threads,
+                           workdir, str(device), peaks, opset, seed, reference, result,
+                           {name: profile_runs for name in profile_models})
         result["rows"] = [[name, rt, int(key.removeprefix("batch_")), s["median_ms"], s["p90_ms"],
                            s["gmacs_per_s"], s["efficiency"]]
                           for name, by_rt in result["models"].items()
@@ -111,21 +121,27 @@ def bench(models: Mapping[str, Any], runtimes: Sequence[str] = RUNTIMES,
     return result
 
 
-def _bench_runtime(rt: str, targets: Mapping[str, Target], batch_sizes: list[int], warmup: int,
+def _bench_runtime(rt: str, targets: Mapping[str, Target], written: Mapping[str, Mapping[str, Any]],
+                   batch_sizes: list[int], warmup: int,
                    repeats: int, seconds: float | None, threads: int, workdir: Path, device: str,
                    peaks: dict[str, float], opset: int, seed: int,
-                   reference: dict[tuple[str, int], torch.Tensor], result: dict[str, Any]) -> None:
-    """Every model in runtime ``rt``: each opened (its file exported), then per batch size
-    all of them timed in the same rounds."""
+                   reference: dict[tuple[str, int], torch.Tensor], result: dict[str, Any],
+                   profiles: Mapping[str, int]) -> None:
+    """Every model in runtime ``rt``: each opened (its file ``written`` ahead), then per
+    batch size all of them timed in the same rounds; then the models in ``profiles``
+    (name -> runs) profiled."""
     opened: dict[str, Any] = {}
     try:
         for name, target in targets.items():
-            folder = workdir / name
-            folder.mkdir(parents=True, exist_ok=True)
+            file = written[name][rt]
+            if isinstance(file, str):  # could not be written: why
+                result["skipped"][f"{name}/{rt}"] = file
+                continue
             try:
-                runtime = opened[name] = open_runtime(rt, target, folder, device, threads, opset)
+                runtime = opened[name] = open_runtime(rt, target, workdir / name, device, threads,
+                                                      opset, file)
             except Exception as e:  # not installed, or the model does not export to it
-                result["skipped"][f"{name}/{rt}"] = _reason(e)
+                result["skipped"][f"{name}/{rt}"] = reason(e)
                 continue
             result["runtime_devices"].setdefault(name, {})[rt] = runtime.where
             if getattr(runtime, "path", None) is not None:
@@ -137,7 +153,7 @@ def _bench_runtime(rt: str, targets: Mapping[str, Target], batch_sizes: list[int
                     fn = runtime.runner(targets[name].example(batch, seed))
                     out = torch.as_tensor(fn()).detach().float().cpu()
                 except Exception as e:
-                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = _reason(e)
+                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = reason(e)
                     continue
                 runners[name] = fn
                 if rt == "pytorch":
@@ -152,7 +168,7 @@ def _bench_runtime(rt: str, targets: Mapping[str, Target], batch_sizes: list[int
                 times = interleave(runners, warmup, repeats, seconds, on)
             except Exception as e:
                 for name in runners:
-                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = _reason(e)
+                    result["skipped"][f"{name}/{rt}/{batch_key(batch)}"] = reason(e)
                 continue
             result["rounds"].setdefault(rt, {})[batch_key(batch)] = times
             for name, ms in times.items():
@@ -164,9 +180,24 @@ def _bench_runtime(rt: str, targets: Mapping[str, Target], batch_sizes: list[int
                 stats["efficiency"] = (None if gmacs is None or rt in REDUCED_PRECISION
                                        else gmacs / peaks.get(on, peaks["cpu"]))
                 result["models"].setdefault(name, {}).setdefault(rt, {})[batch_key(batch)] = stats
+        for name, runs in profiles.items():
+            if name in opened:
+                _profile(name, rt, opened[name], targets[name].example(1, seed), runs, result)
     finally:
         for runtime in opened.values():
             runtime.close()
+
+
+def _profile(name: str, rt: str, runtime: Any, x: torch.Tensor, runs: int,
+             result: dict[str, Any]) -> None:
+    from .profile import per_run  # it times what this module opens
+
+    try:
+        with warnings.catch_warnings():  # devtools warn of debug data we do not ask for
+            warnings.simplefilter("ignore")
+            result["profiles"].setdefault(name, {})[rt] = per_run(runtime.profile(x, runs))
+    except Exception as e:  # no profiler here, or it failed
+        result["profile_skipped"][f"{name}/{rt}"] = reason(e)
 
 
 # -- the teacher / student ratio ----------------------------------------------------------
@@ -203,7 +234,7 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
                        threads: int | None = None, workdir: str | Path | None = None, *,
                        device: str = "cpu", seed: int = 0, peak_n: int | None = None,
                        channel_max: int = 512, style_dim: int = 512, n_mlp: int = 8,
-                       seconds: float | None = None) -> dict[str, Any]:
+                       seconds: float | None = None, workers: int | None = 1) -> dict[str, Any]:
     """Config-f teacher (random weights: speed only) vs its default full student at
     ``resolution`` (1024 for the headline figure), batch 1, same run, same threads, timed
     in alternating rounds (at least ``repeats``, more until ``seconds`` per runtime).
@@ -220,7 +251,7 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
     teacher, student = config_f_pair(resolution, channel_multiplier, seed, style_dim, n_mlp, channel_max)
     result = bench({"teacher": teacher, "student": student}, runtimes, (1,), warmup, repeats,
                    threads, workdir, device=device, teacher=teacher, peak_n=peak_n, seed=seed,
-                   seconds=seconds)
+                   seconds=seconds, workers=workers)
     info = result["model_info"]
     return {"resolution": resolution, "channel_multiplier": channel_multiplier,
             "channel_max": channel_max, "weights": RANDOM_WEIGHTS, **ratios(result),
@@ -233,7 +264,7 @@ def latency_ratio_1024(runtimes: Sequence[str] = RUNTIMES, resolution: int = 102
 # -- the evaluate stage's entry point -----------------------------------------------------
 def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
                      workdir: str | Path, device: str = "cpu", calibration: torch.Tensor | None = None,
-                     measurements: Path | None = None,
+                     measurements: Path | None = None, profile_models: Sequence[str] = (),
                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Latency of the evaluate stage's models (objects with ``name``, ``module`` and
     ``cost["macs"]``) per ``cfg`` (params ``evaluate.latency``), and the config-f ratio at
@@ -241,6 +272,7 @@ def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
     calibrate on. The models are measured every run (they change with the student); the
     1024 ratio depends only on the code, the runtimes and the machine, and is kept in
     ``measurements`` (pipeline.bench.measurements; None: measured every run).
+    ``profile_models`` are also profiled per operator type (``cfg.profile_runs`` runs).
     Returns (:func:`bench` result, :func:`ratio_1024` result or None)."""
     targets = {}
     for m in models:
@@ -250,20 +282,22 @@ def evaluate_latency(cfg: Any, models: Sequence[Any], teacher: Generator,
                                  t.resolution, t.info, calibration)
     workdir = Path(workdir)
     latency = bench(targets, cfg.runtimes, cfg.batch_sizes, cfg.warmup, cfg.repeats, cfg.threads,
-                    workdir / "models", device=device, teacher=teacher, seconds=cfg.seconds)
+                    workdir / "models", device=device, teacher=teacher, seconds=cfg.seconds,
+                    profile_models=profile_models,
+                    profile_runs=cfg.profile_runs if profile_models else 0, workers=cfg.workers)
     ratio = None
     if cfg.ratio_1024:
         fp32 = [r for r in cfg.runtimes if r not in REDUCED_PRECISION]  # the ratio compares fp32 graphs
         # the configured threads first (the headline ratio), then each other count asked for
         counts = list(dict.fromkeys([cfg.threads, *cfg.ratio_threads]))
         ratio = ratio_1024(fp32, counts, min(cfg.warmup, 1), cfg.ratio_repeats, cfg.ratio_seconds,
-                           workdir, device, measurements)
+                           workdir, device, measurements, cfg.workers)
     return latency, ratio
 
 
 def ratio_1024(runtimes: Sequence[str], thread_counts: Sequence[int | None], warmup: int,
                repeats: int, seconds: float | None, workdir: Path, device: str = "cpu",
-               measurements: Path | None = None) -> dict[str, Any]:
+               measurements: Path | None = None, workers: int | None = 1) -> dict[str, Any]:
     """:func:`latency_ratio_1024` with each of ``thread_counts`` (the first is the headline),
     from the measurement store when this code, these runtimes and this machine measured it
     before. Adds ``by_threads`` ({count: {runtime: ratio}}, and ``_p10``/``_p90``),
@@ -276,7 +310,8 @@ def ratio_1024(runtimes: Sequence[str], thread_counts: Sequence[int | None], war
 
     def measure() -> dict[str, Any]:
         runs = [latency_ratio_1024(runtimes, 1024, 2, warmup, repeats, n,
-                                   workdir / f"ratio_1024_threads_{n}", device=device, seconds=seconds)
+                                   workdir / f"ratio_1024_threads_{n}", device=device, seconds=seconds,
+                                   workers=workers)
                 for n in counts]
         ratio = runs[0]
         for part in ("", "_p10", "_p90"):

@@ -536,19 +536,20 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
         # int8 runtimes calibrate on the styles this stage measures quality on
         calibration = latent_inputs(teacher, 16, cfg.seed, cfg.truncation_psi)["wplus"]
         from ..bench.measurements import default_dir
+        # teacher and full student also profiled per operator, in the files just timed
+        profiled = [m.name for m in models if m.kind in ("teacher", "student")] if cfg.latency.profile else []
         latency, ratio = evaluate_latency(cfg.latency, models, teacher, ctx.cache_dir / "bench",
                                           calibration=calibration,
-                                          measurements=default_dir() if cfg.latency.ratio_cache else None)
+                                          measurements=default_dir() if cfg.latency.ratio_cache else None,
+                                          profile_models=profiled)
         if cfg.latency.quality_samples:
             latency["psnr_by_runtime"] = runtime_psnr(latency["files"], teacher, cfg)
             latency["quality_samples"] = cfg.latency.quality_samples
     ops = None
     if cfg.latency.enabled and cfg.latency.profile:
-        from ..bench.profile import profile
-
-        ops = profile({m.name: m.module for m in models if m.kind in ("teacher", "student")},
-                      cfg.latency.runtimes, cfg.latency.profile_runs, cfg.latency.threads,
-                      ctx.cache_dir / "profile", teacher=teacher)
+        ops = {"threads": latency["threads"], "runs": cfg.latency.profile_runs,
+               "runtimes": latency["runtimes"], "profiles": latency["profiles"],
+               "skipped": latency["profile_skipped"]}
     metrics = metrics_json(models, figures, latency, ratio)
     comparison = compare_with_last_run(NAME, metrics, params, ctx)
     meta_path = Path(paths.teacher).parent / "metadata.json"  # written by fetch_teacher

@@ -49,6 +49,7 @@ from ..models.elastic import subnet
 from ..models.mobile import MobileSynthesis
 from ..models.stylegan2 import Generator
 from ..params import Export, Params
+from ..workers import run_all, worker_count
 from . import Context, StageResult, compare_with_last_run, option, stand_ins
 
 log = logging.getLogger(__name__)
@@ -408,11 +409,15 @@ def run(params: Params, paths: Paths, ctx: Context) -> StageResult:
     per_model = len(cfg.inputs) * (2 if cfg.fp16 else 1) * len(formats) + len(int8_formats)
     usage.announce("export", f"{len(specs)} model(s) x {per_model} files at "
                    f"{student.cfg.resolution}x{student.cfg.resolution}, each checked on "
-                   f"{cfg.parity.samples} samples ({cfg.parity.batch_size} at a time)")
+                   f"{cfg.parity.samples} samples ({cfg.parity.batch_size} at a time), "
+                   f"{worker_count(cfg.workers, len(specs))} model(s) at a time")
+    workers = worker_count(cfg.workers, len(specs))
     with atomic_dir(out_dir) as tmp:
-        for spec in specs:
-            records = export_model(spec, teacher, cfg, formats, tmp / spec.name, lpips, inputs,
-                                   int8_formats, int8_inputs)
+        # models are independent: their files are written and checked in parallel
+        all_records = run_all(export_model, [(spec, teacher, cfg, formats, tmp / spec.name, lpips,
+                                              inputs, int8_formats, int8_inputs) for spec in specs],
+                              workers)
+        for spec, records in zip(specs, all_records, strict=True):
             evaluate = evaluate_figures(evaluate_path, spec.name)
             card = model_card(spec, teacher, cfg, records, skipped, evaluate, lpips, source)
             cards.write_card(tmp / spec.name, card)
