@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -56,8 +57,8 @@ def run_all(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int 
                                initializer=_init_worker, initargs=(log_format,))
     futures: list[Future] = []
     try:
-        futures = [pool.submit(fn, *args) for args in jobs]
-        return [f.result() for f in futures]
+        futures = [pool.submit(_call, pickle.dumps((fn, args))) for args in jobs]
+        return [pickle.loads(f.result()) for f in futures]
     except BaseException:
         for f in futures:
             f.cancel()
@@ -66,3 +67,11 @@ def run_all(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int 
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _call(job: bytes) -> bytes:
+    """A job and its result travel as plain pickles (tensors copied into the bytes):
+    multiprocessing's own pickler would pass tensors through shared memory and a socket in
+    a temporary folder (whose path can be too long for a socket, and outlive the stage)."""
+    fn, args = pickle.loads(job)
+    return pickle.dumps(fn(*args))

@@ -18,7 +18,7 @@ CONTRACT = {"onnx_max_abs_err", "pte_max_abs_err", "onnx_bytes", "pte_bytes"}
 def export_params(**overrides) -> dict:
     cfg = {"formats": ["onnx", "pte", "coreml"], "inputs": ["wplus"], "fp16": False,
            "parity": {"samples": 2}, "lpips": "alex", "int8": {"formats": []},
-           "registry": {"name": "tiny-student"}}
+           "registry": {"name": "tiny-student"}, "workers": 1}
     for key, value in overrides.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)
@@ -50,7 +50,8 @@ def test_every_model_in_every_format_with_cards_metrics_and_registry(workdir, ex
     search = search_configs(tiny_student.cfg.full_widths, {
         "b16": {"channels": [8, 8, 8, 8], "resolution": 16, "macs": 9, "params": 9,
                 "budget_macs": 10, "lpips": 0.3}})
-    assert run(workdir, export_files, export_params(inputs=["wplus", "z"]), search) == 0
+    # the two models written and checked in two worker processes
+    assert run(workdir, export_files, export_params(inputs=["wplus", "z"], workers=2), search) == 0
 
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert set(metrics["models"]) == {"full", "b16"}
