@@ -42,7 +42,7 @@ from ..headline import Comparison, headline
 from ..images import save_grid
 from ..io import atomic_dir, atomic_path, sha256_file, write_json
 from ..metrics import stand_in_name
-from ..metrics.distances import feature_stats, frechet_distance, kid
+from ..metrics.distances import frechet_distance_to, kid
 from ..metrics.fid import ReferenceStats, cached_stats, check_sample_count, load_npz
 from ..metrics.fixed_latents import FixedLatents, PerSample, distances, psnr
 from ..metrics.inception import InceptionFeatures
@@ -200,8 +200,7 @@ def reference_stats(cfg: Evaluate, teacher: Generator, teacher_sha256: str,
 
 def quality(feats: np.ndarray, ref: ReferenceStats, cfg: Evaluate, stand_in: bool) -> dict[str, float]:
     """FID (and KID when the reference keeps its features), named by the Inception weights."""
-    mu, sigma = feature_stats(feats)
-    out = {stand_in_name("fid", stand_in): frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    out = {stand_in_name("fid", stand_in): frechet_distance_to(feats, ref.mu, ref.sigma)}
     if ref.features is not None:
         m = min(cfg.kid_subset_size, len(feats), len(ref.features))
         mean, std = kid(feats, ref.features, cfg.kid_subsets, m, seed=cfg.seed)

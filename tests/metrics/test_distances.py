@@ -7,7 +7,13 @@ import pytest
 from scipy import linalg
 
 from pipeline.errors import PipelineError
-from pipeline.metrics.distances import feature_stats, frechet_distance, kid, mmd2_unbiased
+from pipeline.metrics.distances import (
+    feature_stats,
+    frechet_distance,
+    frechet_distance_to,
+    kid,
+    mmd2_unbiased,
+)
 
 
 def _direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
@@ -85,3 +91,18 @@ def test_fid_singular_covariances_are_regularised():
 def test_fid_rejects_mismatched_stats():
     with pytest.raises(PipelineError, match="do not match"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+@pytest.mark.parametrize("n", [5, 40, 60])  # fewer samples than dimensions, and more
+def test_fid_from_features_equals_fid_from_their_statistics(n):
+    """The N x N form (fewer samples than feature dimensions) is the same number, up to the
+    D x D form's own error: the square roots of a singular product's rounding-level
+    eigenvalues (~1e-15 each, ~3e-8 as roots) add up to ~1e-6 there."""
+    rng = np.random.default_rng(n)
+    feats, ref = rng.normal(size=(n, 48)), rng.normal(1.0, 2.0, size=(70, 48))
+    mu2, s2 = feature_stats(ref)
+    want = frechet_distance(*feature_stats(feats), mu2, s2)
+    assert frechet_distance_to(feats, mu2, s2) == pytest.approx(want, rel=1e-7)
+    with pytest.raises(PipelineError, match="do not match"):
+        frechet_distance_to(feats, mu2[:-1], s2[:-1, :-1])
+
