@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads for every runtime, or a comma list (1,2: the whole "
                              "benchmark once per count; default: torch's count, the usable cores)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1)")
-    parser.add_argument("--repeats", type=_positive, default=5, help="timed runs (5)")
+    parser.add_argument("--repeats", type=_positive, default=5,
+                        help="timed rounds at least (5): every model once per round, in turn")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="more rounds until this many seconds per runtime and batch size")
+    parser.add_argument("--workers", type=_positive, default=None,
+                        help="models whose files are written at once, one process each "
+                             "(default: one per usable core)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch and ORT's CUDA EP)")
     parser.add_argument("--workdir", help="keep exported files here (default: a temporary folder)")
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
@@ -184,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         runtimes = check_runtimes(args.runtimes)
         if args.warmup < 0:
             raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
+        if args.seconds is not None and not 0 <= args.seconds <= 3600:
+            raise BenchError(f"--seconds must be in [0, 3600], got {args.seconds}")
         if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
             raise BenchError(f"--device {args.device!r}: use cpu, or cuda on a machine with CUDA")
         if args.csv and not args.profile:
@@ -203,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for threads in args.threads:
             result = bench(models, runtimes, args.batch, args.warmup, args.repeats, threads,
-                           args.workdir, device=args.device, teacher=teacher, seed=args.seed)
+                           args.workdir, device=args.device, teacher=teacher, seed=args.seed,
+                           seconds=args.seconds, workers=args.workers)
             ratio = None
             if {"teacher", "student"} <= set(models):
                 ratio = ratios(result)

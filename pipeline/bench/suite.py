@@ -341,8 +341,10 @@ def table(result: Mapping[str, Any], ratio: Mapping[str, Any] | None = None) -> 
     """The human-readable table of a :func:`bench` result (and of :func:`ratios`)."""
     lines = [f"machine: {result['machine_text']}",
              f"threads: {result['threads']}; device: {result['device']}; measured fp32 matmul peak "
-             f"{_f(result['peak_gmacs'], '.1f')} GMAC/s; warm-up {result['warmup']}, "
-             f"{result['repeats']} timed runs"]
+             f"{_f(result['peak_gmacs'], '.1f')} GMAC/s; warm-up {result['warmup']} round(s), then "
+             f"at least {result['repeats']} timed rounds"
+             + (f", more until {result['seconds']:g} s" if result.get("seconds") else "")
+             + " (every model of a runtime in turn)"]
     header = ["model", "runtime", "batch", "median ms", "p90 ms", "GMAC/s", "efficiency"]
     rows = [[str(name), rt, str(b), _f(med, ".2f"), _f(p90, ".2f"), _f(g, ".2f"),
              _f(None if e is None else 100 * e, ".1f") + ("%" if e is not None else "")]
@@ -354,11 +356,13 @@ def table(result: Mapping[str, Any], ratio: Mapping[str, Any] | None = None) -> 
     if ratio and ratio.get("latency_ratio"):
         efficiency = student_efficiency(result)
         lines += ["", f"teacher / student latency ratio (batch 1, same run, {result['threads']} "
-                  "threads; student efficiency):"]
+                  "threads; median of the per-round ratios, p10-p90; student efficiency):"]
         for rt, r in ratio["latency_ratio"].items():
             ms = ratio["runtimes"][rt]
             eff = efficiency.get(rt)
-            lines.append(f"  {rt:<16} {r:6.2f}x   ({ms['teacher_ms']:.2f} ms / {ms['student_ms']:.2f} ms)"
+            lines.append(f"  {rt:<16} {r:6.2f}x  [{ratio['latency_ratio_p10'][rt]:.2f}-"
+                         f"{ratio['latency_ratio_p90'][rt]:.2f}, {ms['rounds']} rounds]   "
+                         f"({ms['teacher_ms']:.2f} ms / {ms['student_ms']:.2f} ms)"
                          + (f"   student at {100 * eff:.1f}% of peak" if eff is not None else ""))
         lines.append(f"  MACs (pipeline.cost, physical): {_f(ratio.get('mac_ratio'), '.2f')}x; "
                      f"MobileStyleGAN's paper: {MOBILESTYLEGAN_MAC_RATIO}x")
