@@ -8,14 +8,15 @@ figure can pass for the real metric.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
 from ..params import LpipsNet, MetricNetworks
-from .inception import InceptionFeatures
+from .inception import HUB_NAME, InceptionFeatures
 from .perceptual import LPIPS
-from .weights import resolve_weights
+from .weights import find_weights, resolve_weights
 
 
 def lpips_network(nets: MetricNetworks, net: LpipsNet, cache_dir: str | Path,
@@ -30,5 +31,14 @@ def inception_network(nets: MetricNetworks, cache_dir: str | Path,
                       device: torch.device | str = "cpu") -> InceptionFeatures:
     """pytorch-fid's Inception on ``metric_networks.inception``'s weights."""
     source = nets.inception
-    return InceptionFeatures(resolve_weights(source.weights, cache_dir),
-                             stand_in=source.stand_in).to(device).eval()
+    weights = resolve_weights(source.weights, cache_dir)
+    if source.stand_in and find_weights(weights, HUB_NAME) is None:  # no file anywhere
+        return _stand_in_inception().to(device).eval()
+    return InceptionFeatures(weights, stand_in=source.stand_in).to(device).eval()
+
+
+@functools.cache
+def _stand_in_inception() -> InceptionFeatures:
+    """The random stand-in, built once per process (seconds of initialisation; it is frozen
+    and the same network every time, so stages and tests in one process share it)."""
+    return InceptionFeatures(None, stand_in=True)
