@@ -212,12 +212,24 @@ def test_missing_inception_weights_say_how_to_provide_them(inputs):
     assert "metric_networks.inception.stand_in" in str(e.value)
 
 
-def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
+def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs, monkeypatch):
+    from pipeline.bench import suite
+
+    real = suite.latency_ratio_1024  # the 1024 ratio's machinery at 32 px, 32 channels
+    monkeypatch.setattr(suite, "latency_ratio_1024", lambda runtimes, resolution, *args, **kw: real(
+        runtimes, 32, *args, channel_max=32, style_dim=32, n_mlp=2, **kw))
     runtimes = ["pytorch", "onnxruntime", "onnxruntime-int8"]
     cfg = evaluate_cfg(latency={"enabled": True, "runtimes": runtimes, "quality_samples": 4,
                                 "batch_sizes": [1], "warmup": 1, "repeats": 3, "threads": 1,
-                                "ratio_1024": False})
+                                "ratio_1024": True, "ratio_repeats": 3, "ratio_seconds": 0})
     metrics, _ = run(inputs, cfg)
+    # the ratio of the fp32 runtimes, its per-round spread, measured now (then stored)
+    ratio = metrics["latency_ratio_1024"]
+    assert set(ratio) == set(metrics["latency_ratio_1024_p90"]) == {"pytorch", "onnxruntime"}
+    assert all(metrics["latency_ratio_1024_p10"][rt] <= r <= metrics["latency_ratio_1024_p90"][rt]
+               for rt, r in ratio.items())
+    assert metrics["latency_ratio_1024_cached"] == 0
+    assert "measured in this run: measured 20" in (inputs / "out" / "report.md").read_text()
     for name in ("teacher", "full", "b16"):
         for runtime in runtimes:
             timing = metrics["models"][name]["latency"][runtime]["batch_1"]
@@ -231,7 +243,6 @@ def test_latency_of_every_model_in_every_runtime_in_the_same_run(inputs):
         assert by_rt["onnxruntime"] != by_rt["onnxruntime-int8"]
     assert metrics["models"]["teacher"]["psnr_by_runtime"]["onnxruntime"] > 60  # its own graph
     assert metrics["peak_gmacs"] > 0 and metrics["threads"] == 1
-    assert "latency_ratio_1024" not in metrics  # not asked for
     rows = (inputs / "plots" / "latency.csv").read_text().splitlines()
     assert rows[0].startswith("model,runtime,batch,median_ms") and len(rows) == 1 + 4 * 3
     assert "## Latency" in (inputs / "out" / "report.md").read_text()
