@@ -31,8 +31,11 @@ repro: setup
 	  dvc repro; \
 	fi
 
+# One pytest-xdist worker per core (TEST_WORKERS=1: one process), a test file per worker at a
+# time so that module fixtures run once; the slowest 25 tests listed at the end.
+TEST_WORKERS ?= auto
 test: setup browser
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # tests/test_mlflow_ui.py drives a headless Chromium: install Debian's when it is missing and
 # we can (root, apt-get); never fatal, the test skips itself without a browser.

@@ -48,13 +48,34 @@ def _workspace_state() -> set[str]:
     return state
 
 
+def pytest_sessionstart(session):
+    """The repository's state before any test runs: once per run, in the process that runs
+    them all or, with pytest-xdist, in the controller (a worker finishing early must not
+    see another's test at work)."""
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_REPO_STATE] = _workspace_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every test writes under its temporary folders only: the run fails at its end if the
+    repository gained or changed any path."""
+    before = session.config.stash.get(_REPO_STATE, None)
+    if before is None:
+        return
+    left = sorted(_workspace_state() - before)
+    if left:
+        session.config.get_terminal_writer().line(
+            f"FAILED: the test run wrote into the repository: {left}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_REPO_STATE = pytest.StashKey[set]()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _hygiene(tmp_path_factory):
-    """Every test writes under its temporary folders only: MLflow defaults to a store of the
-    session's (a test that forgets its own store must not write ./mlflow.db), measurements
-    to a store of the session's (not ~/.cache), and the run
-    fails at its end if the repository gained or changed any path."""
-    before = _workspace_state()
+def _session_stores(tmp_path_factory):
+    """MLflow defaults to a store of the session's (a test that forgets its own store must
+    not write ./mlflow.db), measurements to a store of the session's (not ~/.cache)."""
     store = tmp_path_factory.mktemp("default-mlflow")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
@@ -62,8 +83,6 @@ def _hygiene(tmp_path_factory):
         mp.setenv("STYLEGAN_MOBILE_MEASUREMENTS", str(tmp_path_factory.mktemp("measurements")))
         mp.delenv("STYLEGAN_MOBILE_RUN_GROUP", raising=False)
         yield
-    left = sorted(_workspace_state() - before)
-    assert not left, f"the test run wrote into the repository: {left}"
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +101,9 @@ def _mlflow_store_restored():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # the cores shared out between pytest-xdist's workers (make test: one per core)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture
