@@ -380,6 +380,9 @@ class SearchLatency(Section):
         4, description="random configurations measured whole to check the model")
     repeats: Annotated[int, Field(ge=1)] = Field(
         10, description="timed runs per measurement, after warm-up; the fastest counts")
+    seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        0.5, description="the searched and uniform configurations, measured every run: more "
+        "runs than repeats until this many seconds each")
     seed: Annotated[int, Field(ge=0)] = 0
     cache: bool = Field(
         True, description="keep measured tables, which depend only on the code, the runtimes' "

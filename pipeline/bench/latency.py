@@ -436,17 +436,18 @@ MEASURE_LAYERS = {"onnxruntime": onnx_layers, "executorch": executorch_layers}
 
 def measure_configs(student: MobileSynthesis, teacher: Generator,
                     configs: Sequence[tuple[Sequence[int], int]], runtime: str, threads: int,
-                    repeats: int, workdir: Path) -> list[float]:
+                    repeats: int, workdir: Path, seconds: float | None = None) -> list[float]:
     """Fastest ms of each (widths, resolution) sub-network of ``student``, exported as the
     export stage does (pipeline.export.graph) and run in ``runtime`` (``executorch-int8``:
-    quantized as it does too), batch 1."""
+    quantized as it does too), batch 1: at least ``repeats`` runs, more until ``seconds``."""
     out = []
     with using_threads(threads, executorch=runtime.startswith("executorch")):
         for widths, res in configs:
             target = prepare(subnet(student, list(widths), res), teacher, check=False)
             rt = open_runtime(runtime, target, workdir, "cpu", threads)
             try:
-                out.append(measure(rt.runner(target.example(1)), WARMUP, repeats)["min_ms"])
+                out.append(measure(rt.runner(target.example(1)), WARMUP, repeats,
+                                   seconds=seconds)["min_ms"])
             finally:
                 rt.close()
     return out

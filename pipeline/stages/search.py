@@ -417,7 +417,7 @@ def measure_latency(student: MobileSynthesis, teacher, r: BudgetResult,
     configs = [(c.widths, c.resolution) for c in (r.best.candidate, r.uniform.candidate)]
     with tempfile.TemporaryDirectory(prefix="search-latency-") as tmp:
         best, uniform = lat.measure_configs(student, teacher, configs, spec.model, cfg.threads,
-                                            cfg.repeats, Path(tmp))
+                                            cfg.repeats, Path(tmp), cfg.seconds)
     log.info("budget %s: exported and measured in %s (%.0f s)", r.name, spec.model,
              time.perf_counter() - start)
     return Measured(best, uniform)
