@@ -9,6 +9,7 @@ cached), the rest well under a second each."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,24 +113,33 @@ def test_cache_keys_change_with_architecture_threads_and_versions(student, monke
     s, _ = student
     space = Space(s.cfg, RATIOS, 16)
 
+    from pipeline.bench import measurements
+
     def key(cfg=s.cfg, threads=1, choices=space.choices):
-        return lat.cache_path("c", lat.cache_key(cfg, choices, [16, 32], "executorch", "fp32",
-                                                 threads, 3, 4, 10, 0))
+        return measurements.path_of(Path("c"), lat.cache_key(cfg, choices, [16, 32], "executorch",
+                                                              "fp32", threads, 3, 4, 10, 0))
 
     base = key()
-    assert key() == base and base.parent.name == "latency"
+    assert key() == base and base.name.startswith("latency-executorch-fp32-")
     assert key(threads=2) != base
     assert key(cfg=s.cfg.model_copy(update={"head": "uptorgb"})) != base
     assert key(choices=[c[1:] for c in space.choices]) != base
-    info = lat.machine_info()
-    monkeypatch.setattr(lat, "machine_info", lambda: {**info, "onnxruntime": "0.0.1"})
+    info = measurements.machine_info()
+    monkeypatch.setattr(measurements, "machine_info", lambda: {**info, "onnxruntime": "0.0.1"})
+    assert key() != base
+    monkeypatch.setattr(measurements, "machine_info", lambda: info)
+    assert key() == base
+    monkeypatch.setattr(measurements, "code_digest", lambda *modules: "edited")  # the measured code
     assert key() != base
 
 
 def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(student, cache):
+    from pipeline.bench import measurements
+
     model = onnx_model(student, cache)
-    key = {"version": lat.VERSION, "test": "corrupt", "runtime": "onnxruntime", "precision": "fp32"}
-    path = lat.cache_path(cache, key)
+    key = {"kind": "latency-onnxruntime-fp32", "test": "corrupt", "machine": {}, "versions": {},
+           "code": "c"}
+    path = measurements.path_of(cache, key)
     builds = []
 
     def build():
@@ -138,11 +148,15 @@ def test_a_corrupt_or_foreign_cache_entry_is_rebuilt(student, cache):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"version": 1, "entr')  # a killed writer's half file
-    assert lat.cached_model(cache, key, build)[1] is False and len(builds) == 1
-    assert lat.cached_model(cache, key, build)[1] is True and len(builds) == 1
+    assert lat.cached_model(cache, key, build)[1]["cached"] is False and len(builds) == 1
+    again, made = lat.cached_model(cache, key, build)
+    assert made["cached"] is True and len(builds) == 1 and again.entries == model.entries
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "key": {**key, "test": "other"}}))
-    assert lat.cached_model(cache, key, build)[1] is False and len(builds) == 2
+    assert lat.cached_model(cache, key, build)[1]["cached"] is False and len(builds) == 2
+    data = json.loads(path.read_text())  # the right key, but not a table: measured again
+    path.write_text(json.dumps({**data, "result": {"version": lat.VERSION}}))
+    assert lat.cached_model(cache, key, build)[1]["cached"] is False and len(builds) == 3
 
 
 # -- the model: predicted vs measured -----------------------------------------------------
@@ -281,7 +295,7 @@ def test_an_int8_latency_budget_is_predicted_and_measured_with_int8_files(studen
                                         cache_dir=cache)
     model = space.latency["onnxruntime-int8"]
     assert model.precision == "int8" and model.runtime == "onnxruntime" and model.fit["b"] > 0
-    assert list((cache / "latency").glob("onnxruntime-int8-*.json"))
+    assert list(cache.glob("latency-onnxruntime-int8-*.json"))
     (q,) = results
     assert q.budget.latency == LatencyBudget(100.0, "onnxruntime", "int8") and q.measured.best_ms > 0
     m = write_outputs(space, full_s, results, cfg, lpips, tmp_path / "out", tmp_path / "plots", "0")
