@@ -11,7 +11,8 @@ import torch
 from pipeline.export.quantize import CalibrationError, check_calibration, latent_inputs
 from tests.export.test_stage import export_params, run
 
-INT8 = {"formats": ["onnx", "pte"], "calibration_samples": 8, "eval_samples": 4, "repeats": 3}
+INT8 = {"formats": ["onnx", "pte"], "calibration_samples": 8, "eval_samples": 4, "repeats": 3,
+        "seconds": 0}
 
 
 def test_every_model_gets_int8_files_measured_against_its_fp32_files(workdir, export_files):
