@@ -105,6 +105,7 @@ def test_machine_info_names_the_cpu_cores_and_runtimes():
 def test_each_timing_comes_with_its_rate_and_efficiency_from_the_model_macs(tiny_teacher):
     # No timing is compared here (a loaded CI machine reorders them): only that every figure
     # is the one its definition gives from the measured median.
+    torch.set_num_threads(2)  # what the run must give back (under pytest-xdist the fixture sets 1)
     narrow, wide = tiny_student(tiny_teacher, 8), tiny_student(tiny_teacher, 256)
     result = bench.bench({"narrow": narrow, "wide": wide}, ["pytorch", "onnxruntime"], (1, 2),
                          warmup=1, repeats=3, threads=1, peak_n=256, teacher=tiny_teacher)

@@ -71,6 +71,7 @@ def test_distill_at_the_1024_architecture_runs_in_bounded_memory(tmp_path):
     assert (tmp_path / "student" / "student.safetensors").exists()
 
 
+@pytest.mark.timeout(1800)  # as its make repro's own limit: ~14 min beside another test worker
 def test_ffhq256_shape_profile_runs_all_five_stages(tmp_path):
     """``make repro PROFILE=ffhq256-shape`` in a copy of the repository: every stage runs at
     the 256 shapes and reports its cost."""
