@@ -72,6 +72,8 @@ def run_all(fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]], workers: int 
 def _call(job: bytes) -> bytes:
     """A job and its result travel as plain pickles (tensors copied into the bytes):
     multiprocessing's own pickler would pass tensors through shared memory and a socket in
-    a temporary folder (whose path can be too long for a socket, and outlive the stage)."""
+    a temporary folder (whose path can be too long for a socket, and outlive the stage).
+    Safe to unpickle: the bytes come from this process or the workers it spawned, through
+    a pipe, never from a file (downloaded checkpoints go through the restricted loaders)."""
     fn, args = pickle.loads(job)
     return pickle.dumps(fn(*args))
