@@ -122,8 +122,6 @@ class _OnnxRuntime:
         self.on = device if "CUDAExecutionProvider" in self.providers else "cpu"
         self.where = f"onnxruntime {'+'.join(p.removesuffix('ExecutionProvider') for p in self.providers)}"
         self.path, _ = written or self.write(target, workdir, opset)
-        if self.name.endswith("-int8"):
-            self.where += " int8 (QDQ)"
         self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
 
     @staticmethod
@@ -242,6 +240,10 @@ class _OnnxRuntimeInt8(_OnnxRuntime):
     target's calibration inputs; the same session settings."""
 
     name = "onnxruntime-int8"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.where += " int8 (QDQ)"
 
     @staticmethod
     def _quantized(target: Target, path: Path) -> Path:
