@@ -80,6 +80,8 @@ class InceptionFeatures(nn.Module):
         self.weights_id = f"randinit-seed{seed}" if path is None else sha256_file(path)
         self.requires_grad_(False)
         self.train(False)
+        # oneDNN's convolutions run ~1.4x faster on CPU in NHWC (same features to ~1e-6)
+        self.net.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> InceptionFeatures:
         """Always eval: batch-norm statistics are part of the weights."""
@@ -89,4 +91,4 @@ class InceptionFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], any size (resized to 299 as pytorch-fid does) -> [B, 2048] float."""
         x = ((images.float() + 1) / 2).clamp(0, 1)  # pytorch-fid takes [0, 1]
-        return self.net(x)[0].flatten(1)
+        return self.net(x.contiguous(memory_format=torch.channels_last))[0].flatten(1)
