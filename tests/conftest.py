@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipeline.models.stylegan2 import StyleGAN2Config, random_generator
-from pipeline.params import Regression
+from pipeline.params import Regression, deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_BIN = str(Path(sys.executable).parent)
@@ -106,12 +107,16 @@ def _mlflow_store_restored():
         os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+def thread_share() -> int:
+    """The cores shared out between pytest-xdist's workers (make test: one per core)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    # the cores shared out between pytest-xdist's workers (make test: one per core)
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+    torch.set_num_threads(thread_share())
 
 
 @pytest.fixture
@@ -227,6 +232,13 @@ def run_stage(name: str, params: dict, cache_dir: Path, **paths):
                      stages.Context(Path(cache_dir), progress=False))
 
 
+def shape_params(profile: str) -> dict:
+    """params.yaml with a profile (``profiles/<profile>.yaml``) applied, as ``make repro
+    PROFILE=...`` would."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    return deep_merge(base, yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text()))
+
+
 def copy_repo(dest: Path) -> Path:
     """Copy the repository's files (tracked and not ignored) into ``dest`` as a fresh git repo."""
     files = subprocess.run(
@@ -246,8 +258,10 @@ def copy_repo(dest: Path) -> Path:
 
 
 def env_with_venv(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{ENV_BIN}:{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1", **extra}
+    """The environment of a pipeline subprocess: the venv's tools first, and the worker's
+    share of the cores (a stage beside another worker's must not spin on four threads)."""
+    return {**os.environ, "PATH": f"{ENV_BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "OMP_NUM_THREADS": str(thread_share()), **extra}
 
 
 class FullFile(io.FileIO):
