@@ -53,9 +53,9 @@ PACKAGED: dict[str, tuple[str, str]] = {
 }
 #: sha256 of a released file -> sha256 of its converted safetensors (this VERSION).
 PINNED: dict[str, str] = {
-    PACKAGED["lpips_alex"][1]: "acdf75464f8aab11f9a195cf7348fb03c09cd29489fd531e3c686788c44314cf",
-    PACKAGED["lpips_vgg"][1]: "d7d2987657417a338966ae2c5a94c7868209648f66850103a000cda6913443e1",
-    PACKAGED["inception"][1]: "3e6b299247b1d31f989e5be40a4484d46d0af0c9b4d4b333f68f78ddb8669c59",
+    PACKAGED["lpips_alex"][1]: "d60503620f615a9dea4a5f6549802d3e51d6ec93667f4bb1caf3dab219284754",
+    PACKAGED["lpips_vgg"][1]: "351868d1e92e216406883e347db58c502d3c8d68c7bdae55a1586b924c8b422b",
+    PACKAGED["inception"][1]: "4b254fe5f1feaf3c406150129c42897f6ef83faf9135a2c443845b3596c0f7be",
 }
 
 
@@ -187,8 +187,10 @@ def usable_weights(path: Path, cache_dir: str | Path, where: str, source_sha256:
     assert converted is not None  # sniffed above
     kind, state = converted
     with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"converted_from": digest, "network": kind,
-                                             "converter": f"pipeline.metrics.convert v{VERSION}"})
+        # One metadata entry: safetensors writes a map's entries in a per-process random
+        # order, and the output must be the same bytes every time to be pinned.
+        save_file(state, str(tmp), metadata={
+            "converted": f"{kind} from sha256 {digest} by pipeline.metrics.convert v{VERSION}"})
         tmp.chmod(0o444)  # like the fetch cache's blobs: never edited in place
         got = sha256_file(tmp)
         if digest in PINNED and got != PINNED[digest]:

