@@ -34,6 +34,7 @@ import re
 import tarfile
 import tomllib
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -303,7 +304,7 @@ def extract(archive: Path, member: str, dest: Path, *, source: str, sdist: bool,
             with f:
                 return stream_to_file(_limited(f, info.size, source), dest, total=None,
                                       desc=member, progress=False)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # a disk problem of ours, reported by the cache
         raise FetchError(f"{source}: {label} is not a readable archive ({e}).") from None
