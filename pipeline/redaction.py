@@ -29,7 +29,11 @@ _SECRET_QUERY = re.compile(r"token|key|sig|secret|pass|pwd|auth|credential|sessi
 
 def redact_uri(uri: str) -> str:
     """Remove userinfo (user:password@) and the whole query string/fragment (presigned
-    S3 URLs carry signatures there) so the result is safe to print and log."""
+    S3 URLs carry signatures there) so the result is safe to print and log. A
+    ``pypi:name==version#path`` source is kept whole: its fragment is the file it names,
+    and it has no place for a secret (the index's URL comes from the environment)."""
+    if uri.startswith("pypi:") and "@" not in uri and "://" not in uri:
+        return uri
     try:
         parts = urlsplit(uri)
     except ValueError:  # malformed (e.g. a bad IPv6 host): cut the same pieces by hand

@@ -33,7 +33,7 @@ class FetchedFile:
     sha256: str  # hex
     size: int  # bytes
     source: str  # redacted source URI (safe to log)
-    scheme: str  # "https" | "http" | "s3" | "file" | "models"
+    scheme: str  # "https" | "http" | "s3" | "file" | "models" | "pypi"
     from_cache: bool  # True when no transfer happened because the cache already had it
 
 

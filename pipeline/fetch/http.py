@@ -52,19 +52,22 @@ def _rejected_certificate(exc: BaseException) -> str | None:
 
 
 def download(url: str, workdir: Path, *, source: str, timeout_s: float, retries: int,
-             backoff_s: float, progress: bool) -> tuple[Path, str, int]:
-    """Download ``url`` to a file in ``workdir``; return (file, sha256, size).
+             backoff_s: float, progress: bool, name: str = "download",
+             accept: str | None = None) -> tuple[Path, str, int]:
+    """Download ``url`` to the file ``name`` in ``workdir``; return (file, sha256, size).
 
-    ``source`` is the redacted URL, the only form that goes into messages.
+    ``source`` is the redacted URL, the only form that goes into messages; ``accept`` is sent
+    as the Accept header (a package index serves JSON or HTML by it).
     """
-    dest = workdir / "download"
+    dest = workdir / name
+    headers = {"Accept-Encoding": "identity", **({"Accept": accept} if accept else {})}
     desc = PurePosixPath(urlsplit(source).path).name or source
 
     def attempt() -> tuple[str, int]:
         try:
             # identity encoding: the bytes on the wire are the file, so Content-Length counts them
             with session.get(url, stream=True, timeout=(timeout_s, timeout_s),
-                             headers={"Accept-Encoding": "identity"}) as resp:
+                             headers=headers) as resp:
                 status = f"HTTP {resp.status_code} {resp.reason or ''}".rstrip()
                 if _transient_status(resp.status_code):
                     raise Transient(status)

