@@ -243,7 +243,8 @@ def test_converted_inception_matches_the_torchscript_model(script_archive, tmp_p
         expected = reference(x)
     got = features(x)
     assert got.shape == expected.shape == (2, 2048)
-    assert (got - expected).abs().max() < 1e-5
+    # float32 through ~50 layers (NHWC here, NCHW there): 1e-5 of the features' range
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 def test_torchscript_reader_lists_the_module_tensors(script_archive):
@@ -381,7 +382,7 @@ def test_released_weights_convert_exactly(tmp_path_factory):
         with torch.no_grad():
             expected = reference(x)
         err = (features(x) - expected).abs().max().item()
-        assert err < 1e-5, (label, err)
+        assert err < 1e-5 * expected.abs().max().item(), (label, err)  # of the features' range
         report.append(f"inception pool3 vs TorchScript, {label}: max abs diff {err:.2e} "
                       f"(features up to {expected.abs().max().item():.2f})")
     print("\n" + "\n".join(report))
