@@ -155,7 +155,7 @@ def with_overrides(cfg: dict, overrides: dict, replace: tuple[str, ...] = ()) ->
 
 def tiny_metric_networks(**overrides) -> dict:
     """Stand-in LPIPS and Inception (no weights offline), LPIPS at the tiny images' size."""
-    stand_in = {"weights": None, "stand_in": True}
+    stand_in = {"weights": None, "sha256": None, "stand_in": True}
     cfg = {"lpips_vgg": dict(stand_in), "lpips_alex": dict(stand_in),
            "inception": dict(stand_in), "lpips_size": 32}
     return with_overrides(cfg, overrides)

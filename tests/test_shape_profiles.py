@@ -38,6 +38,7 @@ def test_gpu_check_script_runs_and_reports(tmp_path):
     """infra/gpu-check.sh, the check a session with a GPU runs, here on the CPU for 2 steps
     on a tiny profile: it must work before anyone spends device time on it."""
     profile = {"profile": "tiny-shape", "fetch_teacher": tiny_params()["fetch_teacher"],
+               "metric_networks": tiny_params()["metric_networks"],  # stand-ins: no download
                "distill": {"lpips": "alex", "adversarial": {"channel_max": 16},
                            "elastic": {"min_resolution": 16}}}
     (tmp_path / "tiny-shape.yaml").write_text(yaml.safe_dump(profile))
