@@ -5,6 +5,7 @@ No timing is asserted: only that the figures are consistent."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from pipeline import bench
 from pipeline.bench.profile import OTHER, op_table, per_run, profile, top
-from pipeline.bench.runtimes import OpTimes
+from pipeline.bench.runtimes import FP16_RUNTIMES, RUNTIMES, OpTimes
 
 from .export.conftest import make_student
 
@@ -31,16 +32,19 @@ def test_shares_add_up_to_the_run_and_the_rest_is_other():
 
 def test_every_runtime_profiles_the_teacher_and_the_student(tiny_teacher, tmp_path):
     student = make_student(tiny_teacher)
-    result = profile({"teacher": tiny_teacher, "full": student}, bench.RUNTIMES, runs=2, threads=1,
+    result = profile({"teacher": tiny_teacher, "full": student}, RUNTIMES + FP16_RUNTIMES, runs=2, threads=1,
                      workdir=tmp_path, teacher=tiny_teacher)
-    skipped = {k: v for k, v in result["skipped"].items() if "executorch" not in k}
-    assert skipped == {}, skipped  # ExecuTorch may be missing on a platform; the rest may not
+    # ExecuTorch may be missing on a platform; where it is installed, nothing may be skipped
+    # (its fp16 program once failed on a float input here, unseen)
+    missing_et = importlib.util.find_spec("executorch") is None
+    skipped = {k: v for k, v in result["skipped"].items() if not (missing_et and "executorch" in k)}
+    assert skipped == {}, skipped
     for model in ("teacher", "full"):
         for rt, prof in result["profiles"][model].items():
             assert prof["total_ms"] > 0
             assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0, abs=1e-6)
             assert [o["ms"] for o in prof["ops"]] == sorted((o["ms"] for o in prof["ops"]), reverse=True)
-            assert any(CONV[rt] in o["op"] for o in prof["ops"]), (model, rt, prof["ops"])
+            assert any(CONV[rt.split("-")[0]] in o["op"] for o in prof["ops"]), (model, rt, prof["ops"])
             assert len(top(prof)) == 3
     text = op_table(result)
     assert "teacher / onnxruntime:" in text and "full / pytorch:" in text

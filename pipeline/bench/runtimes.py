@@ -289,6 +289,9 @@ class _ExecuTorchFp16(_ExecuTorch):
     def runner(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
         return super().runner(x.half())
 
+    def profile(self, x: torch.Tensor, runs: int) -> OpTimes:
+        return super().profile(x.half(), runs)
+
 
 # ETDump events that enclose others (the delegate's operators, the whole method)
 _ET_ENVELOPES = ("DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method")
