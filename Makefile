@@ -35,7 +35,7 @@ repro: setup
 # time so that module fixtures run once; the slowest 25 tests listed at the end.
 TEST_WORKERS ?= auto
 test: setup browser
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 # tests/test_mlflow_ui.py drives a headless Chromium: install Debian's when it is missing and
 # we can (root, apt-get); never fatal, the test skips itself without a browser.

@@ -73,12 +73,28 @@ def pytest_sessionfinish(session, exitstatus):
 _REPO_STATE = pytest.StashKey[set]()
 
 
+# The longest files, longest first (seconds beside another worker on 2 cores). With
+# ``--dist loadfile --no-loadscope-reorder`` (the Makefile) pytest-xdist hands files out in
+# collection order, one to each worker, then a second to a worker whose first has at most 2
+# tests pending: a short file sits third so that the 256 run's worker queues it rather than
+# the 1024 run, which goes behind the orchestration file on the other worker.
+FIRST = ("test_shape_256.py",  # ~500 s, 1 test
+         "test_orchestration.py",  # ~430 s, 3 tests
+         "test_headline.py",  # seconds, 6 tests
+         "test_shape_1024.py")  # ~230 s, 1 test
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with end-to-end (``slow``) tests first, in collection order otherwise: pytest-xdist
-    hands out files in this order, so the long ones start at once and the short ones fill
-    the other workers around them, instead of the longest file starting last."""
+    """The files of :data:`FIRST` first, then the other files with end-to-end (``slow``)
+    tests, then the rest, in collection order otherwise, so the long ones start at once and
+    the short ones fill the workers around them."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay together
+
+    def rank(item) -> tuple[int, int]:
+        first = FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST)
+        return first, item.path not in slow_files
+
+    items.sort(key=rank)  # stable: files stay together
 
 
 @pytest.fixture(scope="session", autouse=True)

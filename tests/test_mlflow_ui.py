@@ -111,12 +111,19 @@ def screenshot(driver, tmp_path: Path, name: str) -> None:
         shutil.copy2(tmp_path / name, out / name)
 
 
+def waiter(browser):
+    """Waits up to WAIT_S for a condition; an element the React UI re-rendered between
+    finding and reading it (stale) is retried, as a missing one is."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def test_the_mlflow_ui_shows_the_pipeline_run_its_stage_runs_metrics_and_sample_grid(
         browser, mlflow_server, pipeline_runs, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(browser, WAIT_S)
+    wait = waiter(browser)
     experiment = f"{mlflow_server}/#/experiments/{pipeline_runs['experiment']}"
 
     # The runs table: the parent run, expanded to show its stage runs.
@@ -169,11 +176,10 @@ def test_a_reviewer_compares_two_nightly_runs_and_sees_which_model_is_champion(
         browser, mlflow_server, pipeline_runs, tmp_path):
     import mlflow
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from pipeline import tracking
 
-    wait = WebDriverWait(browser, WAIT_S)
+    wait = waiter(browser)
     # The link `make mlflow-ui` prints: pipeline runs only, headline figures as columns.
     browser.get(tracking.headline_view_url(mlflow_server, pipeline_runs["experiment"]))
 
